@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (Python packages, the real Slurm + sshd testbed)
+# and run it. Safe to re-run: every step is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+bash scripts/testbed/up.sh
+python3 -m ruff check src tests benchmarks examples
+# The testbed is required here: a test needing it fails rather than skips.
+GPUHUB_TESTBED=require python3 -m pytest "$@"

@@ -1,0 +1,3 @@
+from gpuhub.cli import main
+
+main(prog_name="gpuhub")

@@ -1,0 +1,45 @@
+"""The ``gpuhub`` command. Only wiring lives here; subcommands load on demand so that
+``gpuhub --help`` never imports pydantic, Jinja2 or paramiko."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from gpuhub import __version__
+
+# name -> (module:attribute, one-line help shown by `gpuhub --help` without importing it)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sites": ("gpuhub.cli.sites:sites", "List, show, validate and describe site configurations."),
+    "render": ("gpuhub.cli.jobs:render", "Print the exact job script and submit command for a site."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            module, _, attr = COMMANDS[cmd_name][0].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="gpuhub")
+def main() -> None:
+    """Describe a GPU job once, run it on any site.
+
+    \b
+    Examples:
+      gpuhub sites list
+      gpuhub sites show jean-zay
+      gpuhub render --site jean-zay --project abc --gpu-type a100 --gpus 8 --time 10h -- python train.py
+    """

@@ -1,0 +1,247 @@
+"""``gpuhub sites ...``: what sites exist, what one looks like, whether files are right."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from gpuhub import registry
+from gpuhub.cli.output import emit_json, note, table
+from gpuhub.errors import ConfigError
+from gpuhub.paths import user_sites_dir
+from gpuhub.site import Site
+from gpuhub.units import format_walltime
+
+
+@click.group()
+def sites() -> None:
+    """List, show, validate and describe site configurations.
+
+    \b
+    Site files are looked up in layers (lowest first): shipped site_configs/,
+    the system dir, your user dir, then the directories in $GPUHUB_SITES.
+    A file in a higher layer with the same name overrides single fields.
+    """
+
+
+def _load_all() -> tuple[list[tuple[Site, list[registry.SiteSource]]], list[str]]:
+    good, bad = [], []
+    for name in registry.site_names():
+        try:
+            sources = registry.site_sources(name)
+            good.append((registry.build_site(name, sources), sources))
+        except ConfigError as exc:
+            bad.append(exc.message)
+    return good, bad
+
+
+def _host(site: Site) -> str:
+    return site.connection.host if site.connection else "-"
+
+
+@sites.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(as_json: bool) -> None:
+    """List every configured site.
+
+    \b
+    Examples:
+      gpuhub sites list
+      gpuhub sites list --json | jq -r '.[].name'
+    """
+    good, bad = _load_all()
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": s.name,
+                    "scheduler": s.scheduler,
+                    "host": s.connection.host if s.connection else None,
+                    "description": s.description,
+                    "partitions": list(s.partitions),
+                    "gpu_models": _models(s),
+                    "files": [{"layer": src.layer, "path": str(src.path)} for src in srcs],
+                }
+                for s, srcs in good
+            ]
+        )
+    else:
+        rows = [
+            (s.name, s.scheduler, _host(s), ",".join(_models(s)) or "-", _layers(srcs), s.description)
+            for s, srcs in good
+        ]
+        click.echo(table(["site", "scheduler", "host", "gpus", "from", "description"], rows))
+    for message in bad:
+        note(f"gpuhub: invalid site file: {message}")
+    if bad:
+        sys.exit(2)
+
+
+def _models(site: Site) -> list[str]:
+    return sorted({p.gpu_model for p in site.partitions.values() if p.gpu_model})
+
+
+def _layers(sources: list[registry.SiteSource]) -> str:
+    return "+".join(dict.fromkeys(src.layer for src in sources))
+
+
+@sites.command("show")
+@click.argument("site")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the merged site file).")
+def show_cmd(site: str, as_json: bool) -> None:
+    """Show one site as gpuhub sees it, after every override, with unverified values marked.
+
+    \b
+    Examples:
+      gpuhub sites show jean-zay
+      gpuhub sites show jean-zay --json
+    """
+    sources = registry.site_sources(site)
+    obj = registry.load_site(site)
+    if as_json:
+        data = obj.model_dump(mode="json")
+        data["_files"] = [{"layer": s.layer, "path": str(s.path)} for s in sources]
+        emit_json(data)
+        return
+    click.echo(_describe(obj, sources))
+
+
+def _describe(site: Site, sources: list[registry.SiteSource]) -> str:
+    def mark(path: str) -> str:
+        return " (unverified)" if site.is_unverified(path) else ""
+
+    out = [f"{site.name}: {site.description}".rstrip(": "), f"  scheduler     {site.scheduler}"]
+    if site.connection:
+        c = site.connection
+        target = f"{c.user + '@' if c.user else ''}{c.host}{':' + str(c.port) if c.port else ''}"
+        out.append(f"  login         {target}{mark('connection.host')}")
+        if c.proxy_jump:
+            out.append(f"  proxy jump    {c.proxy_jump}")
+        if c.ip_restricted:
+            out.append("  access        registered client addresses only (use a VPN or a proxy jump)")
+    if site.account.format or site.account.required:
+        req = "required" if site.account.required else "optional"
+        out.append(f"  account       {site.account.format or '{project}'} ({req}){mark('account')}")
+    if site.defaults.project or site.defaults.account:
+        out.append(f"  your default  project={site.defaults.project} account={site.defaults.account}")
+    for label, items, path in [
+        ("directives", site.directives, "directives"),
+        ("setup", site.setup, "setup"),
+    ]:
+        if items:
+            out.append(f"  {label:<13} {'; '.join(items)}{mark(path)}")
+    if site.env:
+        out.append(f"  env           {' '.join(f'{k}={v}' for k, v in site.env.items())}{mark('env')}")
+    out.append("")
+    rows = []
+    for key, p in site.partitions.items():
+        base = f"partitions.{key}"
+        star = "*" if key == site.partition_key() else ""
+        qos = ", ".join(
+            f"{q.name}<={format_walltime(q.max_walltime)}" if q.max_walltime else q.name for q in p.qos
+        )
+        rows.append(
+            (
+                key + star,
+                (p.partition or "(default)") + mark(f"{base}.partition"),
+                (p.gpu_model or "-") + mark(f"{base}.gpu_model"),
+                str(p.gpus_per_node) + mark(f"{base}.gpus_per_node"),
+                (str(p.cpus_per_gpu) if p.cpus_per_gpu else "-") + mark(f"{base}.cpus_per_gpu"),
+                (format_walltime(p.max_walltime) if p.max_walltime else "-") + mark(f"{base}.max_walltime"),
+                (qos or "-") + mark(f"{base}.qos"),
+            )
+        )
+    out.append(table(["partition", "slurm name", "gpu", "gpus/node", "cpus/gpu", "max time", "qos"], rows))
+    out.append("  (* = default partition)")
+    if site.accounting.normalization:
+        factors = ", ".join(f"{m}={f:g}" for m, f in site.accounting.normalization.items())
+        out.append(f"\nGPU-hour normalisation: {factors}{mark('accounting.normalization')}")
+    if site.unverified:
+        out.append(f"\nUnverified values (check on the live site): {', '.join(site.unverified)}")
+    out.append("\nFiles (lowest layer first):")
+    out.extend(f"  {src.layer:<12} {src.path}" for src in sources)
+    out.append(f"Your overrides go in {user_sites_dir() / (site.name + '.yaml')}")
+    return "\n".join(out)
+
+
+@sites.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def validate_cmd(paths: tuple[Path, ...]) -> None:
+    """Check site files; with no PATH, every configured site.
+
+    A file named like a site of a lower layer is checked as the override it is,
+    merged over that site. Exit code 2 if any file is invalid.
+
+    \b
+    Examples:
+      gpuhub sites validate
+      gpuhub sites validate my-cluster.yaml ~/.config/gpuhub/sites/
+    """
+    errors = 0
+    checked = 0
+    if not paths:
+        good, bad = _load_all()
+        for site, srcs in good:
+            click.echo(f"ok  {site.name}  ({', '.join(str(s.path) for s in srcs)})")
+        for message in bad:
+            click.echo(f"gpuhub: {message}", err=True)
+        checked, errors = len(good) + len(bad), len(bad)
+    for path in _expand(paths):
+        checked += 1
+        try:
+            site = _validate_path(path)
+            click.echo(f"ok  {site.name}  ({path})")
+        except ConfigError as exc:
+            errors += 1
+            click.echo(f"gpuhub: {exc.message}", err=True)
+    if checked == 0:
+        raise click.UsageError("no site files found to validate")
+    if errors:
+        sys.exit(2)
+
+
+def _expand(paths: tuple[Path, ...]) -> list[Path]:
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(p for p in sorted(path.iterdir()) if p.suffix in registry.SUFFIXES)
+        elif not path.exists():
+            raise click.BadParameter(f"{path}: no such file or directory", param_hint="PATH")
+        else:
+            out.append(path)
+    return out
+
+
+def _validate_path(path: Path) -> Site:
+    resolved = path.resolve()
+    lower = [s for s in registry.site_sources(path.stem) if s.path.resolve() != resolved]
+    here = registry.SiteSource("file", path, registry.read_yaml(path))
+    # Only layers below this file count (a file being checked must not be masked by higher ones).
+    order = [layer.path.resolve() for layer in registry.layers()]
+    if resolved.parent in order:
+        rank = order.index(resolved.parent)
+        lower = [s for s in lower if s.path.resolve().parent in order[:rank]]
+    elif "scheduler" in here.data:
+        lower = []  # a standalone, complete site file
+    return registry.build_site(path.stem, [*lower, here])
+
+
+@sites.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of a site file, for editors.
+
+    \b
+    Example (VS Code / any yaml-language-server editor):
+      gpuhub sites schema > ~/.config/gpuhub/site.schema.json
+      # then, first line of a site file:
+      # yaml-language-server: $schema=~/.config/gpuhub/site.schema.json
+    """
+    schema = Site.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gpuhub site configuration"
+    # `name` defaults to the file name, so a site file need not repeat it.
+    schema["required"] = [k for k in schema.get("required", []) if k != "name"]
+    click.echo(json.dumps(schema, indent=2))

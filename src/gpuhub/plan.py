@@ -1,0 +1,260 @@
+"""Fit a :class:`JobRequest` to a :class:`Site`: choose the partition, shape, QoS and account.
+
+Pure: no I/O. Every choice made for the user is recorded in ``Allocation.reasons`` so
+``gpuhub render`` can say why; every impossible request raises a RequestError naming the limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from gpuhub.errors import RequestError
+from gpuhub.request import JobRequest
+from gpuhub.site import TOKEN_HELP, TOKEN_RE, Partition, Site
+from gpuhub.units import format_memory, format_walltime
+
+DEFAULT_WALLTIME = 3600
+MULTI_NODE_SCHEDULERS = ("slurm",)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The concrete resources a request gets on a site."""
+
+    site: Site
+    request: JobRequest
+    partition_key: str
+    partition: Partition
+    nodes: int
+    gpus_per_node: int
+    ntasks_per_node: int
+    cpus_per_task: int | None
+    mem_mib: int | None
+    walltime: int
+    qos: str | None
+    account: str | None
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def gpu_model(self) -> str | None:
+        return self.partition.gpu_model
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "site": self.site.name,
+            "scheduler": self.site.scheduler,
+            "partition_key": self.partition_key,
+            "partition": self.partition.partition,
+            "gpu_model": self.gpu_model,
+            "nodes": self.nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "gpus": self.gpus,
+            "ntasks_per_node": self.ntasks_per_node,
+            "cpus_per_task": self.cpus_per_task,
+            "mem": format_memory(self.mem_mib) if self.mem_mib else None,
+            "walltime": format_walltime(self.walltime),
+            "qos": self.qos,
+            "account": self.account,
+            "reasons": list(self.reasons),
+        }
+
+
+def plan(site: Site, request: JobRequest) -> Allocation:
+    """Fit ``request`` to ``site`` or raise RequestError saying which limit it breaks."""
+    candidates, why = _candidates(site, request)
+    errors: list[str] = []
+    for key in candidates:
+        try:
+            return _fit(site, request, key, why)
+        except RequestError as exc:
+            errors.append(exc.message)
+    if len(errors) == 1:
+        raise RequestError(errors[0])
+    raise RequestError(f"no partition of site {site.name!r} fits: " + "; ".join(errors))
+
+
+def _candidates(site: Site, request: JobRequest) -> tuple[list[str], str]:
+    wanted = request.partition or site.defaults.partition
+    gpu_type = request.gpu_type or site.defaults.gpu_type
+    keys = list(site.partitions)
+    if wanted:
+        chosen = [k for k in keys if k == wanted] or [k for k in keys if site.partitions[k].partition == wanted]
+        if not chosen:
+            raise RequestError(
+                f"site {site.name!r} has no partition {wanted!r}; choose one of: {', '.join(keys)}"
+            )
+        why = f"partition {wanted!r} as asked"
+    elif gpu_type:
+        chosen = keys
+        why = f"GPU type {gpu_type!r} as asked"
+    else:
+        chosen = [site.partition_key()]
+        why = "the site's default partition"
+    if gpu_type:
+        wanted_type = gpu_type.lower()
+        typed = [
+            k for k in chosen if k.lower() == wanted_type or (site.partitions[k].gpu_model or "") == wanted_type
+        ]
+        if not typed:
+            models = sorted({p.gpu_model for p in site.partitions.values() if p.gpu_model})
+            scope = f"partition {wanted!r}" if wanted else f"site {site.name!r}"
+            raise RequestError(
+                f"{scope} has no GPU model {gpu_type!r}; available: {', '.join(models) or 'none'}"
+            )
+        chosen = typed
+    return chosen, why
+
+
+def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
+    part = site.partitions[key]
+    reasons = [f"partition {key!r}" + (f" (Slurm partition {part.partition})" if part.partition else "") + f": {why}"]
+    nodes, gpn = _shape(site, req, key, part, reasons)
+
+    cpus_per_gpu = req.cpus_per_gpu or site.defaults.cpus_per_gpu or part.cpus_per_gpu
+    cpus_per_task = cpus_per_gpu * gpn if cpus_per_gpu and gpn else None
+    if cpus_per_task and part.cpus_per_node and cpus_per_task > part.cpus_per_node:
+        raise RequestError(
+            f"{cpus_per_task} CPUs per node ({cpus_per_gpu} per GPU x {gpn}) exceed the "
+            f"{part.cpus_per_node} CPUs of a node in partition {key!r}; lower --cpus-per-gpu"
+        )
+
+    mem = req.mem or site.defaults.mem
+    if mem and part.memory_per_node and mem > part.memory_per_node:
+        raise RequestError(
+            f"memory {format_memory(mem)} per node exceeds the {format_memory(part.memory_per_node)} "
+            f"of a node in partition {key!r}"
+        )
+
+    walltime = req.time or site.defaults.time or part.default_walltime
+    if walltime is None:
+        walltime = min(DEFAULT_WALLTIME, part.max_walltime or DEFAULT_WALLTIME)
+        reasons.append(f"no --time given: {format_walltime(walltime)}")
+    if part.max_walltime and walltime > part.max_walltime:
+        raise RequestError(
+            f"walltime {format_walltime(walltime)} is over the {format_walltime(part.max_walltime)} "
+            f"limit of partition {key!r} on site {site.name!r}"
+        )
+
+    qos = _qos(site, req, key, part, walltime, reasons)
+    account = _account(site, req, part)
+    _scheduler_limits(site, req, nodes)
+    return Allocation(
+        site=site,
+        request=req,
+        partition_key=key,
+        partition=part,
+        nodes=nodes,
+        gpus_per_node=gpn,
+        ntasks_per_node=1,
+        cpus_per_task=cpus_per_task,
+        mem_mib=mem,
+        walltime=walltime,
+        qos=qos,
+        account=account,
+        reasons=tuple(reasons),
+    )
+
+
+def _shape(site: Site, req: JobRequest, key: str, part: Partition, reasons: list[str]) -> tuple[int, int]:
+    cap = part.gpus_per_node
+    gpus, nodes, gpn = req.gpus, req.nodes, req.gpus_per_node
+    if gpn is None and gpus is not None:
+        if nodes is None:
+            nodes = 1 if gpus <= cap or cap == 0 else math.ceil(gpus / cap)
+            if nodes > 1:
+                reasons.append(f"{gpus} GPUs over {nodes} nodes of {cap}")
+        if gpus % nodes:
+            raise RequestError(
+                f"{gpus} GPUs cannot be spread evenly over {nodes} nodes"
+                f" (partition {key!r} has {cap} GPUs per node); give --nodes and --gpus-per-node"
+            )
+        gpn = gpus // nodes
+    elif gpn is None:
+        gpn = min(1, cap)
+        if cap:
+            reasons.append("no GPU count given: 1 GPU per node")
+    nodes = nodes or 1
+    if gpn > cap:
+        hint = f"use --nodes {math.ceil(gpn / cap)} --gpus-per-node {cap}" if cap else "pick a GPU partition"
+        raise RequestError(
+            f"{gpn} GPUs per node asked, but nodes of partition {key!r} on site {site.name!r} "
+            f"have {cap}; {hint}"
+        )
+    if part.max_nodes and nodes > part.max_nodes:
+        raise RequestError(f"{nodes} nodes asked; partition {key!r} allows at most {part.max_nodes}")
+    if part.exclusive and gpn < cap:
+        reasons.append(f"partition {key!r} is exclusive: whole nodes ({cap} GPUs each) are reserved and charged")
+    return nodes, gpn
+
+
+def _qos(site: Site, req: JobRequest, key: str, part: Partition, walltime: int, reasons: list[str]) -> str | None:
+    wanted = req.qos or site.defaults.qos
+    if wanted:
+        if part.qos:
+            match = next((q for q in part.qos if q.name == wanted), None)
+            if match is None:
+                names = ", ".join(q.name for q in part.qos)
+                raise RequestError(f"QoS {wanted!r} is not offered on partition {key!r}; choose one of: {names}")
+            if match.max_walltime and walltime > match.max_walltime:
+                raise RequestError(
+                    f"walltime {format_walltime(walltime)} is over the {format_walltime(match.max_walltime)} "
+                    f"limit of QoS {wanted!r}"
+                )
+        return wanted
+    if not part.qos:
+        return None
+    fitting = [q for q in part.qos if q.max_walltime is None or walltime <= q.max_walltime]
+    if not fitting:
+        longest = max(part.qos, key=lambda q: q.max_walltime or 0)
+        raise RequestError(
+            f"walltime {format_walltime(walltime)} is over the longest QoS of partition {key!r}: "
+            f"{longest.name} ({format_walltime(longest.max_walltime or 0)})"
+        )
+    best = min(fitting, key=lambda q: q.max_walltime if q.max_walltime is not None else math.inf)
+    limit = format_walltime(best.max_walltime) if best.max_walltime else "no limit"
+    reasons.append(f"QoS {best.name}: shortest whose limit ({limit}) covers {format_walltime(walltime)}")
+    return best.name
+
+
+def _account(site: Site, req: JobRequest, part: Partition) -> str | None:
+    explicit = req.account or site.defaults.account
+    if explicit:
+        return explicit
+    project = req.project or site.defaults.project
+    fmt = site.account.format
+    if project is None:
+        if site.account.required:
+            raise RequestError(
+                f"site {site.name!r} needs a project (its accounts look like {fmt or '<project>'!r}); "
+                f"pass --project, or set defaults.project in your site override "
+                f"(`gpuhub sites show {site.name}` prints where)"
+            )
+        return None
+    if not fmt:
+        return project
+    user = site.connection.user if site.connection else None
+    if "{user}" in fmt and not user:
+        raise RequestError(f"site {site.name!r} builds accounts from the user name: set connection.user")
+    account = fmt.format(
+        project=project, user=user or "", gpu_model=part.gpu_model or "", partition=part.partition or ""
+    )
+    if not TOKEN_RE.fullmatch(account):
+        raise RequestError(f"account {account!r} built from {fmt!r} is not valid: use {TOKEN_HELP}")
+    return account
+
+
+def _scheduler_limits(site: Site, req: JobRequest, nodes: int) -> None:
+    kind = site.scheduler
+    if nodes > 1 and kind not in MULTI_NODE_SCHEDULERS:
+        raise RequestError(
+            f"site {site.name!r} ({kind}) runs single-node jobs only; ask for at most one node's GPUs"
+        )
+    if req.dependency and kind != "slurm":
+        raise RequestError(f"job dependencies need a Slurm site; {site.name!r} uses {kind}")
+    if req.array and kind not in ("slurm", "htcondor"):
+        raise RequestError(f"job arrays need a Slurm or HTCondor site; {site.name!r} uses {kind}")

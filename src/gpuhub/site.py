@@ -1,0 +1,322 @@
+"""The site model: everything that differs between sites is data, validated here.
+
+A site file (``site_configs/NAME.yaml``) maps one-to-one onto :class:`Site`. Unknown keys are
+rejected so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from gpuhub.units import (
+    MEMORY_HELP,
+    WALLTIME_HELP,
+    format_memory,
+    format_walltime,
+    parse_memory,
+    parse_walltime,
+)
+
+# A token that goes verbatim into a scheduler directive: no blanks, quotes or shell metacharacters.
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_.@:+%,=/-]+$")
+TOKEN_HELP = "letters, digits and _ . @ : + % , = / - (no spaces or quotes)"
+
+Walltime = Annotated[
+    int,
+    BeforeValidator(parse_walltime),
+    PlainSerializer(format_walltime, return_type=str),
+    WithJsonSchema({"type": "string", "description": f"walltime: {WALLTIME_HELP}", "examples": ["20:00:00"]}),
+]
+Memory = Annotated[
+    int,
+    BeforeValidator(parse_memory),
+    PlainSerializer(format_memory, return_type=str),
+    WithJsonSchema({"type": "string", "description": f"memory: {MEMORY_HELP}", "examples": ["64G"]}),
+]
+
+
+def _check_token(value: str) -> str:
+    if not isinstance(value, str) or not TOKEN_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not allowed here; use {TOKEN_HELP}")
+    return value
+
+
+Token = Annotated[str, BeforeValidator(_check_token)]
+
+
+def _check_directive(value: str) -> str:
+    # Whether it must look like an option (Slurm) or a submit line (HTCondor) is checked
+    # per scheduler, in the backend that writes it.
+    if not isinstance(value, str):
+        raise ValueError("a directive is a string such as '--hint=nomultithread'")
+    if not value.strip() or value != value.strip() or any(c in value for c in "\n\r\0"):
+        raise ValueError(f"directive {value!r} must be one non-empty line with no surrounding blanks")
+    return value
+
+
+Directive = Annotated[str, BeforeValidator(_check_directive)]
+
+
+def _check_shell_line(value: str) -> str:
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError("a setup line is a string of shell code without NUL bytes")
+    return value
+
+
+ShellLine = Annotated[str, BeforeValidator(_check_shell_line)]
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class QoS(Strict):
+    """A QoS the site picks by walltime: the smallest one whose ``max_walltime`` covers the job."""
+
+    name: Token
+    max_walltime: Walltime | None = None
+    description: str | None = None
+
+
+class Partition(Strict):
+    """One kind of GPU node a job can ask for (a Slurm partition/constraint pair, an HTCondor pool...)."""
+
+    description: str | None = None
+    partition: Token | None = Field(None, description="scheduler partition name; null = the site's default")
+    gpu_model: Annotated[str, BeforeValidator(_check_token)] | None = Field(
+        None, description="short lower-case GPU model name used by --gpu-type, accounts and reports (a100)"
+    )
+    gres_type: Token | None = Field(None, description="typed GRES name when the site wants gpu:TYPE:N")
+    constraint: str | None = Field(
+        None, description="Slurm --constraint expression, or HTCondor requirements expression"
+    )
+    gpu_memory_gb: float | None = Field(None, gt=0)
+    gpus_per_node: int = Field(..., ge=0, description="GPUs in one node (0 for a CPU-only partition)")
+    cpus_per_gpu: int | None = Field(None, ge=1, description="CPU cores that go with each GPU")
+    cpus_per_node: int | None = Field(None, ge=1)
+    memory_per_node: Memory | None = None
+    max_walltime: Walltime | None = None
+    default_walltime: Walltime | None = None
+    max_nodes: int | None = Field(None, ge=1)
+    exclusive: bool = Field(False, description="the partition hands out whole nodes")
+    qos: list[QoS] = Field(default_factory=list, description="QoS chosen by walltime, smallest first")
+    directives: list[Directive] = Field(default_factory=list)
+    setup: list[ShellLine] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("constraint")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c in value for c in "\n\r\0")):
+            raise ValueError("constraint must be a non-empty single line")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Partition:
+        if self.default_walltime and self.max_walltime and self.default_walltime > self.max_walltime:
+            raise ValueError("default_walltime is longer than max_walltime")
+        names = [q.name for q in self.qos]
+        if len(set(names)) != len(names):
+            raise ValueError(f"qos names repeat: {names}")
+        return self
+
+
+def _check_env(value: dict[str, str]) -> dict[str, str]:
+    for key, val in value.items():
+        if not ENV_NAME_RE.fullmatch(key):
+            raise ValueError(f"environment variable name {key!r} is invalid; use [A-Za-z_][A-Za-z0-9_]*")
+        if not isinstance(val, str) or "\0" in val:
+            raise ValueError(f"environment variable {key}: value must be a string without NUL bytes")
+    return value
+
+
+class Connection(Strict):
+    """How to reach the site's login node. Values left empty come from ``~/.ssh/config``."""
+
+    host: str = Field(..., min_length=1, description="login host name (or an alias of ~/.ssh/config)")
+    port: int | None = Field(None, ge=1, le=65535)
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = Field(None, description="known_hosts file to verify the host key against")
+    proxy_jump: str | None = Field(None, description="jump host, as ssh -J: [user@]host[:port][,...]")
+    keepalive_interval: int = Field(30, ge=0, description="seconds between keepalives (0 = off)")
+    connect_timeout: float = Field(20.0, gt=0)
+    host_key_fingerprints: dict[str, str] = Field(
+        default_factory=dict, description="published SHA256 fingerprints, by key type (for `sites trust`)"
+    )
+    ip_restricted: bool = Field(False, description="the site only admits registered client addresses")
+
+    @field_validator("host", "user", "proxy_jump")
+    @classmethod
+    def _no_blanks(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise ValueError(f"{value!r} must be a non-empty word without blanks")
+        return value
+
+
+ACCOUNT_FIELDS = ("project", "user", "gpu_model", "partition")
+
+
+class Account(Strict):
+    """How the scheduler account is written from the user's project."""
+
+    format: str | None = Field(
+        None, description="Python format string over {project}, {user}, {gpu_model}, {partition}"
+    )
+    required: bool = Field(False, description="jobs without an account are refused by the site")
+
+    @field_validator("format")
+    @classmethod
+    def _known_fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"account format {value!r}: {exc}") from None
+        unknown = [f for f in fields if f not in ACCOUNT_FIELDS]
+        if unknown:
+            raise ValueError(f"account format uses {unknown}; allowed fields: {', '.join(ACCOUNT_FIELDS)}")
+        return value
+
+
+class Defaults(Strict):
+    """Default job options; the natural place for a user's own project or account."""
+
+    project: Token | None = None
+    account: Token | None = None
+    partition: str | None = None
+    qos: Token | None = None
+    time: Walltime | None = None
+    gpu_type: str | None = None
+    cpus_per_gpu: int | None = Field(None, ge=1)
+    mem: Memory | None = None
+
+
+class Accounting(Strict):
+    normalization: dict[str, float] = Field(
+        default_factory=dict, description="GPU-hour weight per gpu_model (a100: 2.0 = one A100 hour counts 2)"
+    )
+    source: Literal["sacct", "condor_history", "ledger"] | None = None
+    site_tools: list[str] = Field(default_factory=list, description="the site's own accounting commands")
+
+    @field_validator("normalization")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for model, factor in value.items():
+            if factor <= 0:
+                raise ValueError(f"normalization factor for {model!r} must be positive, got {factor}")
+        return value
+
+
+Scheduler = Literal["slurm", "htcondor", "ssh", "local"]
+
+
+class Site(Strict):
+    """A place jobs run: a Slurm or HTCondor cluster, a lab GPU server, or this machine."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    scheduler: Scheduler
+    connection: Connection | None = None
+    account: Account = Field(default_factory=Account)
+    defaults: Defaults = Field(default_factory=Defaults)
+    gpu_request: Literal["gres", "gpus-per-node"] = Field(
+        "gres", description="how GPUs are asked on Slurm: --gres=gpu[:type]:N or --gpus-per-node"
+    )
+    directives: list[Directive] = Field(default_factory=list, description="added to every job")
+    setup: list[ShellLine] = Field(default_factory=list, description="shell lines run before the command")
+    env: dict[str, str] = Field(default_factory=dict)
+    partitions: dict[str, Partition] = Field(..., min_length=1)
+    default_partition: str | None = None
+    log_dir: str = Field(
+        "gpuhub-logs", description="where job output goes; relative paths are relative to the submit directory"
+    )
+    template: str | None = Field(None, description="template file replacing the scheduler's default")
+    accounting: Accounting = Field(default_factory=Accounting)
+    unverified: list[str] = Field(
+        default_factory=list, description="dotted paths of values not yet confirmed on the live site"
+    )
+    sources: list[str] = Field(default_factory=list, description="where the values come from")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
+
+    @field_validator("log_dir")
+    @classmethod
+    def _log_dir(cls, value: str) -> str:
+        if not value or any(c in value for c in "\n\r\0 %") or value.startswith("~"):
+            raise ValueError("log_dir must be a path without blanks, '%' or '~' (use a relative path)")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Site:
+        remote = self.scheduler in ("slurm", "htcondor", "ssh")
+        if remote and self.connection is None:
+            raise ValueError(f"a {self.scheduler} site needs a 'connection' block with at least 'host'")
+        if self.scheduler == "local" and self.connection is not None:
+            raise ValueError("the local scheduler runs on this machine and takes no 'connection'")
+        if self.default_partition is not None and self.default_partition not in self.partitions:
+            raise ValueError(
+                f"default_partition {self.default_partition!r} is not one of: {', '.join(self.partitions)}"
+            )
+        for key in self.partitions:
+            if not TOKEN_RE.fullmatch(key):
+                raise ValueError(f"partition key {key!r}: use {TOKEN_HELP}")
+        if self.scheduler == "slurm":
+            from gpuhub.backends.slurm import check_site
+
+            check_site(self)
+        for path in self.unverified:
+            if _lookup(self, path) is _MISSING:
+                raise ValueError(f"unverified entry {path!r} names no field of this site")
+        return self
+
+    def partition_key(self) -> str:
+        return self.default_partition or next(iter(self.partitions))
+
+    def is_unverified(self, path: str) -> bool:
+        """True when ``path`` or one of its parents is marked unverified."""
+        return any(path == p or path.startswith(p + ".") for p in self.unverified)
+
+
+_MISSING = object()
+
+
+def _lookup(obj: Any, dotted: str) -> Any:
+    current = obj
+    for part in dotted.split("."):
+        if isinstance(current, BaseModel):
+            if part not in type(current).model_fields:
+                return _MISSING
+            current = getattr(current, part)
+        elif isinstance(current, dict):
+            if part not in current:
+                return _MISSING
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return _MISSING
+    return current

@@ -1,0 +1,59 @@
+"""Test isolation and the real-testbed fixtures.
+
+Every test runs with its own empty config/data directories so a developer's
+~/.config/gpuhub never leaks in. Tests marked ``slurm``/``ssh`` need the testbed started by
+``scripts/testbed/up.sh``; they are skipped without it, unless GPUHUB_TESTBED=require
+(CI sets it), where a missing testbed is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTBED_ENV = Path(os.environ.get("GPUHUB_TESTBED_ENV", "/var/lib/gpuhub-testbed/testbed.env"))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.mktemp("gpuhub-home")
+    monkeypatch.setenv("GPUHUB_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("GPUHUB_SYSTEM_CONFIG_DIR", str(home / "etc"))
+    monkeypatch.setenv("GPUHUB_DATA_DIR", str(home / "data"))
+    monkeypatch.delenv("GPUHUB_SITES", raising=False)
+    monkeypatch.delenv("GPUHUB_SITE", raising=False)
+    return home
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            parts = shlex.split(value) or [""]
+            out[key.strip().removeprefix("export ").strip()] = parts[0]
+    return out
+
+
+@pytest.fixture(scope="session")
+def testbed() -> dict[str, str]:
+    """Facts about the running testbed; skip (or fail in CI) when it is not up."""
+    required = os.environ.get("GPUHUB_TESTBED") == "require"
+    if not TESTBED_ENV.is_file():
+        message = f"Slurm testbed not started ({TESTBED_ENV} missing): run scripts/testbed/up.sh"
+        if required:
+            pytest.fail(message)
+        pytest.skip(message)
+    env = _read_env(TESTBED_ENV)
+    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        message = f"Slurm testbed not answering: {probe.stderr.strip()}"
+        if required:
+            pytest.fail(message)
+        pytest.skip(message)
+    return env

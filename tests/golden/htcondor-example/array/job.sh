@@ -1,0 +1,10 @@
+#!/bin/bash
+# gpuhub 0.1.0: wrapper run by HTCondor on site htcondor-example
+# --- environment
+export GPUHUB_SITE=htcondor-example
+export GPUHUB_JOB_NAME=sweep
+export GPUHUB_NODES=1
+export GPUHUB_GPUS_PER_NODE=1
+export GPUHUB_ARRAY_INDEX="${GPUHUB_ARRAY_INDEX}"
+# --- command
+python train.py --lr 0.1

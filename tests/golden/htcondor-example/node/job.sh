@@ -1,0 +1,11 @@
+#!/bin/bash
+# gpuhub 0.1.0: wrapper run by HTCondor on site htcondor-example
+# --- environment
+export GPUHUB_SITE=htcondor-example
+export GPUHUB_JOB_NAME='train node'
+export GPUHUB_NODES=1
+export GPUHUB_GPUS_PER_NODE=4
+export SEED=1
+cd -- "$HOME"/'runs/exp 1' || { echo "gpuhub: cannot enter working directory" >&2; exit 1; }
+# --- command
+python train.py --lr 0.1
