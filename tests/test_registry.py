@@ -150,3 +150,11 @@ def test_error_in_override_names_the_override_file(isolated):
     with pytest.raises(ConfigError) as info:
         registry.load_site("mini")
     assert info.value.message.startswith(f"{override}:2: connection.port:")
+
+
+def test_unquoted_walltime_is_not_base_60(tmp_path):
+    site = registry.load_file(write(tmp_path, "mini.yaml", MINI.replace('"20:00:00"', "20:00:00")))
+    assert site.partitions["gpu"].max_walltime == 20 * 3600
+    plain = registry.load_file(write(tmp_path, "mini.yaml", MINI + "accounting: {normalization: {a100: 2.5}}\n"))
+    assert plain.accounting.normalization == {"a100": 2.5}
+    assert plain.partitions["gpu"].gpus_per_node == 4

@@ -131,6 +131,9 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
         )
 
     walltime = req.time or site.defaults.time or part.default_walltime
+    if req.time is None and walltime is not None:
+        origin = "defaults.time" if site.defaults.time else f"partitions.{key}.default_walltime"
+        reasons.append(f"no --time given: {format_walltime(walltime)} from the site's {origin}")
     if walltime is None:
         walltime = min(DEFAULT_WALLTIME, part.max_walltime or DEFAULT_WALLTIME)
         reasons.append(f"no --time given: {format_walltime(walltime)}")
