@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+
 from golden_cases import rendered
 
 pytestmark = pytest.mark.slurm
@@ -32,7 +33,7 @@ def test_sbatch_accepts(testbed, site, case, job, tmp_path):
 
 def test_sbatch_rejects_what_the_site_does_not_have(testbed, tmp_path):
     """The check has teeth: an account the cluster does not know is refused."""
-    site, case, job = SLURM_JOBS[0]
+    job = SLURM_JOBS[0][2]
     script = job.files[job.stdin_file].replace("#SBATCH --account=", "#SBATCH --account=nosuch", 1)
     if "#SBATCH --account=nosuch" not in script:
         script = script.replace("#!/bin/bash\n", "#!/bin/bash\n#SBATCH --account=nosuchaccount\n", 1)

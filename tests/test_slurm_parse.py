@@ -56,3 +56,9 @@ def test_array_combination():
     assert (both.state, both.start, both.end) == (State.COMPLETED, 1, 30)
     failed = _combine([done, JobStatus(State.FAILED), JobStatus(State.CANCELLED)])
     assert failed.state == State.FAILED and "1 cancelled" in failed.reason
+
+
+def test_array_not_finished_while_tasks_unreported():
+    partial = _combine([JobStatus(State.COMPLETED, start=1, end=2)] * 3, expected=5)
+    assert partial.state == State.RUNNING and "2 not reported yet" in partial.reason
+    assert _combine([JobStatus(State.COMPLETED, start=1, end=2)] * 5, expected=5).state == State.COMPLETED

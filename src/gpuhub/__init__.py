@@ -17,14 +17,21 @@ _LAZY = {
     "list_sites": "gpuhub.registry",
     "plan": "gpuhub.plan",
     "render": "gpuhub.render",
+    "submit": "gpuhub.jobs",
+    "Job": "gpuhub.jobs",
+    "Ledger": "gpuhub.ledger",
+    "State": "gpuhub.states",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from gpuhub.jobs import Job, submit
+    from gpuhub.ledger import Ledger
     from gpuhub.plan import plan
     from gpuhub.registry import list_sites, load_site
     from gpuhub.render import render
     from gpuhub.request import JobRequest
     from gpuhub.site import Site
+    from gpuhub.states import State
 
 
 def __getattr__(name: str) -> Any:
@@ -36,4 +43,16 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["JobRequest", "Site", "__version__", "list_sites", "load_site", "plan", "render"]
+__all__ = [
+    "Job",
+    "JobRequest",
+    "Ledger",
+    "Site",
+    "State",
+    "__version__",
+    "list_sites",
+    "load_site",
+    "plan",
+    "render",
+    "submit",
+]

@@ -13,6 +13,11 @@ from gpuhub import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "sites": ("gpuhub.cli.sites:sites", "List, show, validate and describe site configurations."),
     "render": ("gpuhub.cli.jobs:render", "Print the exact job script and submit command for a site."),
+    "submit": ("gpuhub.cli.jobs:submit", "Submit a job to a site and record it."),
+    "status": ("gpuhub.cli.jobs:status", "Ask the sites for the state of jobs."),
+    "jobs": ("gpuhub.cli.jobs:jobs", "List recorded jobs (no site contacted)."),
+    "logs": ("gpuhub.cli.jobs:logs", "Print or follow a job's log."),
+    "cancel": ("gpuhub.cli.jobs:cancel", "Cancel jobs."),
 }
 
 

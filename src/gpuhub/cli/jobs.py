@@ -92,6 +92,8 @@ def build_request(opts: dict[str, Any]) -> Any:
     if "directives" in fields:
         fields["directives"] = list(fields["directives"])
     script = fields.pop("script", None)
+    if opts.get("site_scheduler") == "local" and "workdir" not in fields:
+        fields["workdir"] = os.getcwd()  # on this machine, run where the user stands
     if script is not None:
         try:
             fields["script"] = Path(script).read_text(encoding="utf-8")
@@ -127,7 +129,7 @@ def prepare(opts: dict[str, Any], token: str | None = None) -> Any:
     from gpuhub.render import render as render_job
 
     site = load_site(opts["site"])
-    request = build_request(opts)
+    request = build_request({**opts, "site_scheduler": site.scheduler})
     return render_job(plan(site, request), token=token)
 
 
@@ -176,3 +178,190 @@ def render(as_json: bool, output_dir: Path | None, **opts: Any) -> None:
     if used_unverified:
         note(f"gpuhub: unverified site values in play: {', '.join(used_unverified)}")
     note(f"gpuhub: submit command ({where}): {job.submit_command()}")
+
+
+# --- commands that send and follow jobs --------------------------------------------------------
+
+
+def _ledger() -> Any:
+    from gpuhub.ledger import Ledger
+
+    return Ledger()
+
+
+def _age(ts: float | None) -> str:
+    import time
+
+    if not ts:
+        return "-"
+    secs = int(time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def _job_rows(records: list[Any]) -> str:
+    from gpuhub.cli.output import table
+
+    rows = [
+        (r.id, r.site, r.scheduler_id or "-", r.name[:24], r.state.value, r.plan.get("gpus"),
+         _age(r.submitted_at), (r.reason or r.nodes or "")[:50])
+        for r in records
+    ]
+    return table(["id", "site", "sched id", "name", "state", "gpus", "age", "reason/nodes"], rows)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@job_options
+@click.option("--dry-run", is_flag=True, help="Print what would be sent (same as `gpuhub render`) and stop.")
+@click.option("--wait", "-w", is_flag=True, help="Wait for the job to end; exit code 0 only if it completed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded job as JSON.")
+def submit(dry_run: bool, wait: bool, as_json: bool, **opts: Any) -> None:
+    """Submit a job to a site and record it in the ledger.
+
+    \b
+    Examples:
+      gpuhub submit -- python3 examples/hello_gpu.py
+      gpuhub submit --site jean-zay -P abc --gpu-type a100 --gpus 8 -t 10h -- python train.py
+      gpuhub submit --site ruche --gpus 1 --array 0-49%10 -- python sweep.py
+      gpuhub submit --site local --wait -- python3 -c 'print(42)'
+    """
+    if dry_run:
+        ctx = click.get_current_context()
+        ctx.invoke(render, as_json=as_json, output_dir=None, **opts)
+        return
+    from gpuhub import jobs as jobs_api
+    from gpuhub.registry import load_site
+
+    site = load_site(opts["site"])
+    request = build_request({**opts, "site_scheduler": site.scheduler})
+    ledger = _ledger()
+    job = jobs_api.submit(request, site=site, ledger=ledger)
+    rec = job.record
+    if not as_json:
+        click.echo(f"submitted job {rec.id} ({rec.ref}) to {rec.site}")
+        note(f"gpuhub: follow it with `gpuhub status {rec.id}` and `gpuhub logs {rec.id} -f`")
+    if wait:
+        state = job.wait()
+        rec = job.record
+        if not as_json:
+            click.echo(f"job {rec.id} {state.value}" + (f" (exit {rec.exit_code})" if rec.exit_code else ""))
+    if as_json:
+        emit_json(rec.to_dict())
+    if wait and rec.state.value != "completed":
+        raise SystemExit(1)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("refs", nargs=-1, metavar="[JOB]...")
+@click.option("--watch", "-W", is_flag=True, help="Refresh until every job has ended (Ctrl-C to stop).")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(refs: tuple[str, ...], watch: bool, interval: float, as_json: bool) -> None:
+    """Ask the sites for the state of jobs (one scheduler call per site).
+
+    JOB is a gpuhub id (42), SITE:SCHEDULER_ID (jean-zay:123456) or `last`. With no JOB: every
+    unfinished job of the ledger.
+
+    \b
+    Examples:
+      gpuhub status
+      gpuhub status 42 43 --json
+      gpuhub status --watch
+    """
+    import time
+
+    from gpuhub import jobs as jobs_api
+
+    ledger = _ledger()
+    records = [jobs_api.resolve(r, ledger) for r in refs] if refs else ledger.jobs(active_only=True)
+    while True:
+        records, errors = jobs_api.refresh(records, ledger)
+        for message in errors:
+            note(f"gpuhub: could not poll {message}")
+        if as_json:
+            emit_json([r.to_dict() for r in records])
+        elif records:
+            click.echo(_job_rows(records))
+        else:
+            click.echo("no unfinished jobs (`gpuhub jobs` lists all)")
+        if not watch or all(r.state.finished for r in records):
+            break
+        time.sleep(interval)
+        click.echo()
+    if errors and not records:
+        raise SystemExit(1)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--site", "-s", help="Only jobs of this site.")
+@click.option("--active", is_flag=True, help="Only unfinished jobs.")
+@click.option("--limit", "-n", default=50, show_default=True, help="Most recent N jobs (0 = all).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def jobs(site: str | None, active: bool, limit: int, as_json: bool) -> None:
+    """List recorded jobs, newest first, as last seen (no site is contacted).
+
+    \b
+    Examples:
+      gpuhub jobs
+      gpuhub jobs --site jean-zay --active
+      gpuhub jobs --json -n 0 | jq '.[] | select(.state=="failed") | .id'
+    """
+    records = _ledger().jobs(site=site, active_only=active, limit=limit or None)
+    if as_json:
+        emit_json([r.to_dict() for r in records])
+    elif records:
+        click.echo(_job_rows(records))
+    else:
+        click.echo("no jobs recorded yet")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("ref", metavar="JOB")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing as the log grows (Ctrl-C to stop).")
+@click.option("--stderr", "-e", "use_stderr", is_flag=True, help="The error log instead of the output log.")
+def logs(ref: str, follow: bool, use_stderr: bool) -> None:
+    """Print a job's output (or error) log.
+
+    \b
+    Examples:
+      gpuhub logs 42
+      gpuhub logs jean-zay:123456 --stderr
+      gpuhub logs 42 -f
+    """
+    from gpuhub import jobs as jobs_api
+
+    ledger = _ledger()
+    record = jobs_api.resolve(ref, ledger)
+    if not follow:
+        click.echo(jobs_api.read_log(record, use_stderr), nl=False)
+        return
+    lines = jobs_api.follow_log(record, use_stderr)
+    try:
+        for line in lines:
+            click.echo(line, nl=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        lines.close()  # type: ignore[attr-defined]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("refs", nargs=-1, required=True, metavar="JOB...")
+def cancel(refs: tuple[str, ...]) -> None:
+    """Cancel jobs (one scheduler call per site).
+
+    \b
+    Examples:
+      gpuhub cancel 42
+      gpuhub cancel 42 43 jean-zay:123456
+    """
+    from gpuhub import jobs as jobs_api
+
+    ledger = _ledger()
+    records = [jobs_api.resolve(r, ledger) for r in refs]
+    jobs_api.cancel(records, ledger)
+    for rec in records:
+        fresh = ledger.get(rec.id)
+        click.echo(f"job {fresh.id} ({fresh.ref}): {fresh.state.value}")

@@ -245,3 +245,55 @@ def schema_cmd() -> None:
     # `name` defaults to the file name, so a site file need not repeat it.
     schema["required"] = [k for k in schema.get("required", []) if k != "name"]
     click.echo(json.dumps(schema, indent=2))
+
+
+@sites.command("trust")
+@click.argument("site")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before adding the key (a mismatch is still refused).")
+@click.option(
+    "--known-hosts",
+    "known_hosts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="known_hosts file to add the key to (default: gpuhub's own, in its config directory).",
+)
+def trust_cmd(site: str, yes: bool, known_hosts: Path | None) -> None:
+    """Check a site's SSH host key and add it to known_hosts.
+
+    Connects to the site (through its jump host, if any) without logging in, shows the key
+    the server offers and compares its SHA256 fingerprint with the one the site file
+    publishes (connection.host_key_fingerprints). A mismatch is refused (exit 2). A key
+    that is already known is left alone. gpuhub never accepts an unknown host key on its
+    own: run this once per site, or add the key to ~/.ssh/known_hosts yourself.
+
+    \b
+    Examples:
+      gpuhub sites trust jean-zay
+      gpuhub sites trust my-cluster --yes
+      gpuhub sites trust my-cluster --known-hosts ~/.ssh/known_hosts
+    """
+    from gpuhub.transport import ssh
+
+    obj = registry.load_site(site)
+    if obj.connection is None:
+        raise click.UsageError(f"site {site} runs on this machine: it has no SSH host key")
+    target = known_hosts.expanduser() if known_hosts else ssh.gpuhub_known_hosts()
+
+    def decide(scan: ssh.HostKeyScan) -> bool:
+        click.echo(f"{scan.role}: {scan.endpoint.key_name} offers {scan.key.key_type} {scan.key.fingerprint}")
+        if scan.known_in is not None:
+            click.echo(f"  already trusted ({scan.known_in.where}); nothing changed")
+            if scan.matches_published is False:
+                note(f"  warning: the site file publishes {scan.published} for this key type; check with the site")
+            return True
+        click.echo(f"  {ssh.judge(scan, site)}")
+        if not yes and not click.confirm(f"  add it to {target}?", default=False):
+            raise click.ClickException("not trusted; nothing written")
+        ssh.append_known_host(target, scan.endpoint.key_name, scan.key)
+        click.echo(f"  added to {target}")
+        return True
+
+    ssh.scan_host_keys(site, obj.connection, decide, extra_known_hosts=(target,))
+    endpoint, _ = ssh.resolve(obj.connection)
+    if target not in endpoint.known_hosts_files:
+        read = ", ".join(map(str, endpoint.known_hosts_files))
+        note(f"note: connections to {site} do not read {target}; they read {read}")

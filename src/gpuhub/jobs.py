@@ -1,0 +1,226 @@
+"""Submitting and following jobs: the one place where rendering meets a transport and the ledger.
+
+``submit`` is ``render`` plus sending: the same :func:`gpuhub.render.render` output is what goes
+out. Every submission carries a token (Slurm ``--comment=gpuhub:TOKEN``); when the connection
+drops mid-submit, the retry first looks for that token and adopts the job instead of sending a
+second copy.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from gpuhub.backends import backend_for
+from gpuhub.errors import GpuhubError
+from gpuhub.ledger import JobRecord, Ledger
+from gpuhub.plan import plan
+from gpuhub.registry import load_site
+from gpuhub.render import RenderedJob, render
+from gpuhub.request import JobRequest, array_size
+from gpuhub.site import Site
+from gpuhub.states import JobStatus, State
+from gpuhub.transport import CommandTimeout, transport_for
+from gpuhub.transport.base import TransportError
+
+# A dropped connection shows up as one of these; the job may or may not have reached the site.
+_LOST = (TransportError, CommandTimeout, OSError, EOFError)
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+def prepare(site: Site | str, request: JobRequest, token: str | None = None) -> RenderedJob:
+    """The dry run: exactly what :func:`submit` sends."""
+    site_obj = load_site(site) if isinstance(site, str) else site
+    return render(plan(site_obj, request), token=token)
+
+
+def submit(
+    request: JobRequest | None = None,
+    *,
+    site: Site | str = "local",
+    ledger: Ledger | None = None,
+    timeout: float = 60.0,
+    **fields: Any,
+) -> Job:
+    """Submit a job and record it; returns a :class:`Job` handle.
+
+    ``gpuhub.submit(command=["python", "train.py"], site="jean-zay", gpus=8, project="abc")``
+    """
+    request = request or JobRequest(**fields)
+    ledger = ledger or Ledger()
+    site_obj = load_site(site) if isinstance(site, str) else site
+    token = new_token()
+    job = prepare(site_obj, request, token)
+    record = ledger.add(
+        token=token,
+        site=site_obj.name,
+        scheduler=site_obj.scheduler,
+        name=request.name,
+        request=request.model_dump(mode="json", exclude_defaults=True),
+        plan=job.allocation.summary(),
+        script=job.files[job.main_file],
+    )
+    backend = backend_for(site_obj.scheduler)
+    try:
+        scheduler_id = _send(site_obj, backend, job, token, timeout)
+    except GpuhubError as exc:
+        ledger.mark_failed_submit(record.id, exc.message)
+        raise
+    out, err = backend.log_paths(scheduler_id, request.name, site_obj.log_dir)
+    record = ledger.mark_submitted(record.id, scheduler_id, out, err)
+    return Job(record, ledger)
+
+
+def _send(site: Site, backend: Any, job: RenderedJob, token: str, timeout: float) -> str:
+    try:
+        return backend.submit(transport_for(site), job, token, timeout=timeout)
+    except _LOST:
+        # The submit command may have run before the connection went: look before sending again.
+        transport = transport_for(site)
+        found = backend.find_by_token(transport, token, timeout=timeout)
+        if found:
+            return found
+        return backend.submit(transport, job, token, timeout=timeout)
+
+
+def resolve(ref: str | int, ledger: Ledger) -> JobRecord:
+    """A gpuhub id (``42``), ``SITE:SCHEDULER_ID`` (``jean-zay:123456``) or ``last``."""
+    text = str(ref).strip()
+    if text == "last":
+        newest = ledger.jobs(limit=1)
+        if not newest:
+            raise GpuhubError("no job recorded yet, so there is no `last` job")
+        return newest[0]
+    if text.isdigit():
+        return ledger.get(int(text))
+    site, sep, scheduler_id = text.partition(":")
+    if not sep or not site or not scheduler_id:
+        raise GpuhubError(f"job {text!r}: give a gpuhub id (42), SITE:SCHEDULER_ID (jean-zay:123456) or last")
+    record = ledger.by_ref(site, scheduler_id)
+    if record is None:
+        raise GpuhubError(f"job {text!r} is not in the ledger; `gpuhub jobs --site {site}` lists known ones")
+    return record
+
+
+def refresh(records: Iterable[JobRecord], ledger: Ledger, timeout: float = 60.0) -> tuple[list[JobRecord], list[str]]:
+    """Poll every unfinished job: one scheduler call per site. Returns fresh records and per-site errors."""
+    by_site: dict[str, list[JobRecord]] = defaultdict(list)
+    records = list(records)
+    for rec in records:
+        if not rec.state.finished and rec.scheduler_id:
+            by_site[rec.site].append(rec)
+    errors = []
+    for site_name, recs in by_site.items():
+        try:
+            site = load_site(site_name)
+            backend = backend_for(site.scheduler)
+            tasks = {r.scheduler_id: array_size(r.request["array"]) for r in recs if r.request.get("array")}
+            found = backend.poll(transport_for(site), [r.scheduler_id for r in recs], timeout=timeout, tasks=tasks)
+        except GpuhubError as exc:
+            errors.append(f"{site_name}: {exc.message}")
+            continue
+        updates: list[tuple[int, JobStatus]] = []
+        for rec in recs:
+            status = found.get(rec.scheduler_id or "")
+            if status is None:
+                # Gone from the scheduler's memory and no accounting: say so rather than guess.
+                if time.time() - (rec.submitted_at or 0) > 60:
+                    status = JobStatus(State.UNKNOWN, reason="no longer known to the scheduler")
+                else:
+                    continue
+            updates.append((rec.id, status))
+        ledger.update_status(updates)
+    return [ledger.get(r.id) for r in records], errors
+
+
+def cancel(records: Iterable[JobRecord], ledger: Ledger, timeout: float = 60.0) -> None:
+    by_site: dict[str, list[JobRecord]] = defaultdict(list)
+    for rec in records:
+        if rec.scheduler_id and not rec.state.finished:
+            by_site[rec.site].append(rec)
+    for site_name, recs in by_site.items():
+        site = load_site(site_name)
+        backend_for(site.scheduler).cancel(transport_for(site), [r.scheduler_id for r in recs], timeout=timeout)
+    refresh([r for recs in by_site.values() for r in recs], ledger, timeout)
+
+
+def read_log(record: JobRecord, stderr: bool = False) -> str:
+    path = record.log_err if stderr else record.log_out
+    if not path:
+        raise GpuhubError(f"job {record.id} has no log file recorded")
+    site = load_site(record.site)
+    result = transport_for(site).run(["cat", "--", path], check=False)
+    if not result.ok:
+        raise GpuhubError(f"log {path} of job {record.id} is not readable yet: {result.stderr.strip()}")
+    return result.stdout
+
+
+def follow_log(record: JobRecord, stderr: bool = False) -> Iterator[str]:
+    path = record.log_err if stderr else record.log_out
+    if not path:
+        raise GpuhubError(f"job {record.id} has no log file recorded")
+    site = load_site(record.site)
+    return transport_for(site).stream(["tail", "-n", "+1", "-F", "--", path])
+
+
+class Job:
+    """A submitted job: ``state``, ``wait()``, ``logs()``, ``cancel()``."""
+
+    def __init__(self, record: JobRecord, ledger: Ledger) -> None:
+        self.record = record
+        self.ledger = ledger
+
+    def __repr__(self) -> str:
+        return f"<Job {self.record.id} {self.record.ref} {self.record.state.value}>"
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    @property
+    def scheduler_id(self) -> str | None:
+        return self.record.scheduler_id
+
+    @property
+    def state(self) -> State:
+        return self.refresh().state
+
+    def refresh(self) -> JobRecord:
+        records, errors = refresh([self.record], self.ledger)
+        if errors:
+            raise GpuhubError(errors[0])
+        self.record = records[0]
+        return self.record
+
+    def wait(self, timeout: float | None = None, interval: float = 1.0, max_interval: float = 30.0) -> State:
+        """Block until the job ends; polls back off up to ``max_interval`` and survive a failed poll or two."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
+        while True:
+            try:
+                state = self.state
+                failures = 0
+            except GpuhubError:
+                failures += 1
+                if failures > 3:
+                    raise
+                state = self.record.state
+            if state.finished:
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise GpuhubError(f"job {self.id} still {state.value} after {timeout:g} s")
+            time.sleep(interval)
+            interval = min(interval * 1.5, max_interval)
+
+    def logs(self, stderr: bool = False) -> str:
+        return read_log(self.record, stderr)
+
+    def cancel(self) -> None:
+        cancel([self.record], self.ledger)
+        self.record = self.ledger.get(self.record.id)

@@ -1,0 +1,260 @@
+"""The ledger: every submission, its script, its states. SQLite in the user data dir by default.
+
+Writes are keyed on natural keys (the submission token, ``(site, scheduler_id)``) so re-running
+anything never records a job twice. WAL mode lets a watcher read while a submitter writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpuhub.errors import GpuhubError
+from gpuhub.paths import user_data_dir
+from gpuhub.states import JobStatus, State
+
+SCHEMA_VERSION = 1
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY,
+        token TEXT NOT NULL UNIQUE,
+        site TEXT NOT NULL,
+        scheduler TEXT NOT NULL,
+        scheduler_id TEXT,
+        name TEXT NOT NULL,
+        request TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        script TEXT NOT NULL,
+        log_out TEXT,
+        log_err TEXT,
+        state TEXT NOT NULL,
+        reason TEXT,
+        nodes TEXT,
+        exit_code TEXT,
+        created_at REAL NOT NULL,
+        submitted_at REAL,
+        started_at REAL,
+        ended_at REAL,
+        updated_at REAL NOT NULL,
+        UNIQUE (site, scheduler_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_site_state ON jobs (site, state)",
+    """CREATE TABLE IF NOT EXISTS state_history (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        state TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (job_id, state)
+    )""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+
+
+def ledger_path() -> Path:
+    override = os.environ.get("GPUHUB_LEDGER")
+    return Path(override).expanduser() if override else user_data_dir() / "ledger.sqlite"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    token: str
+    site: str
+    scheduler: str
+    scheduler_id: str | None
+    name: str
+    request: dict[str, Any]
+    plan: dict[str, Any]
+    script: str
+    log_out: str | None
+    log_err: str | None
+    state: State
+    reason: str | None
+    nodes: str | None
+    exit_code: str | None
+    created_at: float
+    submitted_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    updated_at: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.site}:{self.scheduler_id}" if self.scheduler_id else f"{self.site}:?"
+
+    def to_dict(self, full: bool = False) -> dict[str, Any]:
+        data = {
+            "id": self.id,
+            "site": self.site,
+            "scheduler_id": self.scheduler_id,
+            "name": self.name,
+            "state": self.state.value,
+            "reason": self.reason,
+            "nodes": self.nodes,
+            "exit_code": self.exit_code,
+            "gpus": self.plan.get("gpus"),
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "log_out": self.log_out,
+            "log_err": self.log_err,
+        }
+        if full:
+            data.update(token=self.token, request=self.request, plan=self.plan, script=self.script)
+        return data
+
+
+class Ledger:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or ledger_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise GpuhubError(f"cannot open the ledger {self.path}: {exc}") from None
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            for statement in _SCHEMA:
+                self.db.execute(statement)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise GpuhubError(
+                    f"ledger {self.path} was written by a newer gpuhub (schema {row[0]}); upgrade gpuhub"
+                )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def add(
+        self,
+        *,
+        token: str,
+        site: str,
+        scheduler: str,
+        name: str,
+        request: dict[str, Any],
+        plan: dict[str, Any],
+        script: str,
+    ) -> JobRecord:
+        """Record a submission about to be sent (state ``submitting``); idempotent on ``token``."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                """INSERT INTO jobs (token, site, scheduler, name, request, plan, script, state,
+                                     created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token) DO NOTHING""",
+                (token, site, scheduler, name, json.dumps(request), json.dumps(plan), script,
+                 State.SUBMITTING.value, now, now),
+            )
+            row = db.execute("SELECT id FROM jobs WHERE token = ?", (token,)).fetchone()
+            db.execute("INSERT OR IGNORE INTO state_history VALUES (?, ?, ?)", (row[0], State.SUBMITTING.value, now))
+        return self.get(row[0])
+
+    def mark_submitted(self, job_id: int, scheduler_id: str, log_out: str | None, log_err: str | None) -> JobRecord:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                """UPDATE jobs SET scheduler_id = ?, state = ?, submitted_at = ?, updated_at = ?,
+                                  log_out = ?, log_err = ?
+                   WHERE id = ?""",
+                (scheduler_id, State.PENDING.value, now, now, log_out, log_err, job_id),
+            )
+            db.execute("INSERT OR IGNORE INTO state_history VALUES (?, ?, ?)", (job_id, State.PENDING.value, now))
+        return self.get(job_id)
+
+    def mark_failed_submit(self, job_id: int, reason: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE id = ? AND scheduler_id IS NULL",
+                (State.FAILED.value, f"submission failed: {reason}"[:500], time.time(), job_id),
+            )
+
+    def update_status(self, updates: Iterable[tuple[int, JobStatus]]) -> None:
+        """Store poll results; a finished job never goes back to an unfinished state."""
+        now = time.time()
+        with self.transaction() as db:
+            for job_id, st in updates:
+                row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None or (State(row[0]).finished and not st.state.finished):
+                    continue
+                db.execute(
+                    # The node list seen while running (squeue) wins: sacct's can lag behind at job end.
+                    """UPDATE jobs SET state = ?, reason = ?, nodes = COALESCE(nodes, ?),
+                           exit_code = COALESCE(?, exit_code), started_at = COALESCE(?, started_at),
+                           ended_at = COALESCE(?, ended_at), updated_at = ?
+                       WHERE id = ?""",
+                    (st.state.value, st.reason, st.nodes, st.exit_code, st.start, st.end, now, job_id),
+                )
+                db.execute("INSERT OR IGNORE INTO state_history VALUES (?, ?, ?)", (job_id, st.state.value, now))
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> JobRecord:
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise GpuhubError(f"no job {job_id} in the ledger ({self.path}); see `gpuhub jobs`")
+        return _record(row)
+
+    def by_ref(self, site: str, scheduler_id: str) -> JobRecord | None:
+        row = self.db.execute(
+            "SELECT * FROM jobs WHERE site = ? AND scheduler_id = ?", (site, scheduler_id)
+        ).fetchone()
+        return _record(row) if row else None
+
+    def by_token(self, token: str) -> JobRecord | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE token = ?", (token,)).fetchone()
+        return _record(row) if row else None
+
+    def jobs(self, site: str | None = None, active_only: bool = False, limit: int | None = None) -> list[JobRecord]:
+        sql, args = "SELECT * FROM jobs", []
+        where = []
+        if site:
+            where.append("site = ?")
+            args.append(site)
+        if active_only:
+            finished = ",".join(f"'{s.value}'" for s in State if s.finished)
+            where.append(f"state NOT IN ({finished})")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_record(r) for r in self.db.execute(sql, args)]
+
+    def history(self, job_id: int) -> list[tuple[str, float]]:
+        rows = self.db.execute("SELECT state, at FROM state_history WHERE job_id = ? ORDER BY at", (job_id,))
+        return [(r[0], r[1]) for r in rows]
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    data = dict(row)
+    data["request"] = json.loads(data["request"])
+    data["plan"] = json.loads(data["plan"])
+    data["state"] = State(data["state"])
+    return JobRecord(**data)

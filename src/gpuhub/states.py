@@ -1,0 +1,40 @@
+"""One job state vocabulary for every scheduler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class State(str, Enum):
+    SUBMITTING = "submitting"  # gpuhub is sending it; no scheduler id yet
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    PREEMPTED = "preempted"
+    UNKNOWN = "unknown"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISHED = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.TIMEOUT, State.PREEMPTED})
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a poll learned about one job (or array task)."""
+
+    state: State
+    reason: str | None = None  # why pending, or how it ended
+    nodes: str | None = None
+    exit_code: str | None = None
+    start: float | None = None  # epoch seconds
+    end: float | None = None

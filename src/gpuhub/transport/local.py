@@ -1,0 +1,78 @@
+"""Commands on this machine, through subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from gpuhub.transport.base import CommandTimeout, Result, Transport, TransportError
+
+
+class LocalTransport(Transport):
+    """Commands run in the home directory, as they do over SSH, so relative paths mean the same."""
+
+    where = "this machine"
+
+    def run(self, argv: list[str], stdin: str | None = None, timeout: float = 60.0, check: bool = True) -> Result:
+        try:
+            # A new session so a timeout can kill the whole process group, grandchildren included.
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+                cwd=Path.home(),
+            )
+        except FileNotFoundError:
+            raise TransportError(f"command not found on this machine: {argv[0]!r}") from None
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            raise CommandTimeout(argv, timeout, self.where, out, err) from None
+        return self.checked(Result(list(argv), proc.returncode, out, err), check)
+
+    def put_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        target = _home_relative(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_text(self, path: str) -> str:
+        return _home_relative(path).read_text(encoding="utf-8", errors="replace")
+
+    def stream(self, argv: list[str]) -> Iterator[str]:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, text=True, start_new_session=True, bufsize=1, cwd=Path.home()
+        )
+        try:
+            assert proc.stdout is not None
+            yield from proc.stdout
+        finally:
+            _kill_group(proc)
+            proc.wait()
+
+
+def _home_relative(path: str) -> Path:
+    target = Path(path).expanduser()
+    return target if target.is_absolute() else Path.home() / target
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
