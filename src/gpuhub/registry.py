@@ -9,12 +9,11 @@ one field (``connection.user``, ``defaults.project``) without copying the shippe
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import re
 
 import yaml
 from pydantic import ValidationError

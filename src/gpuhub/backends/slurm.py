@@ -98,8 +98,7 @@ _ARRAY_WORST = [State.FAILED, State.TIMEOUT, State.PREEMPTED, State.CANCELLED]
 
 def submit(transport: Transport, job: RenderedJob, token: str, timeout: float = 60.0) -> str:
     """Send the script on stdin to ``sbatch --parsable``; the log directory is made first."""
-    log_dir = job.allocation.site.log_dir
-    transport.run(["mkdir", "-p", "--", log_dir], timeout=timeout)
+    transport.ensure_dir(job.allocation.site.log_dir, timeout=timeout)
     result = transport.run(job.submit_argv, stdin=job.files[job.stdin_file or job.main_file], timeout=timeout)
     return parse_submit(result.stdout)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from gpuhub.errors import GpuhubError
 
@@ -48,6 +51,39 @@ class TransportError(GpuhubError):
     """Could not reach the site at all (connection, authentication, host key)."""
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One local file to copy to ``remote_path``, then give ``mtime`` and ``mode`` (None: the local file's bits)."""
+
+    local_path: str
+    remote_path: str
+    mtime: float | None = None
+    mode: int | None = None
+
+
+def upload_mode(upload: Upload) -> int:
+    """The permission bits the remote copy gets."""
+    return upload.mode if upload.mode is not None else os.stat(upload.local_path).st_mode & 0o777
+
+
+def remote_argv_path(path: str) -> str:
+    """A remote path as a command argument: ``~/x`` becomes ``x`` (commands run in the home
+    directory, and an argument is never tilde-expanded); a leading ``-`` gets ``./``."""
+    if path in ("~", "~/"):
+        return "."
+    if path.startswith("~/"):
+        path = path[2:].lstrip("/") or "."
+    return "./" + path if path.startswith("-") else path
+
+
+# Writes stdin (base64) to a temporary file next to $1, then sets mode $2 and mtime $3 and renames it.
+_PUT_FILE_SCRIPT = (
+    'set -e; mkdir -p -- "$(dirname -- "$1")"; t="$1.$$.gpuhub-tmp"; trap \'rm -f -- "$t"\' EXIT; '
+    'base64 -d > "$t"; chmod -- "$2" "$t"; if [ -n "$3" ]; then touch -m -d "@$3" -- "$t"; fi; '
+    'mv -f -- "$t" "$1"; trap - EXIT'
+)
+
+
 class Transport(ABC):
     """Run commands and move text files on a site."""
 
@@ -67,6 +103,41 @@ class Transport(ABC):
     @abstractmethod
     def stream(self, argv: list[str]) -> Iterator[str]:
         """Run ``argv`` and yield its stdout line by line until it ends (or the caller stops)."""
+
+    def ensure_dir(self, path: str, timeout: float = 60.0) -> None:
+        """``mkdir -p`` once per transport: submitting 100 jobs must not cost 100 extra round trips."""
+        known: set[str] = self.__dict__.setdefault("_known_dirs", set())
+        if path not in known:
+            self.run(["mkdir", "-p", "--", path], timeout=timeout)
+            known.add(path)
+
+    def put_file(self, local_path: str, remote_path: str, mtime: float | None = None, mode: int | None = None) -> None:
+        """Copy the local file ``local_path`` (any bytes) to ``remote_path``.
+
+        Parent directories are created; the file appears atomically (temporary file, then
+        rename); ``mtime`` (seconds since the epoch) is set when given; ``mode`` defaults to
+        the local file's permission bits. Errors name the file.
+
+        This generic version pipes the file through :meth:`run` (base64, POSIX shell, GNU
+        touch); transports override it with something faster.
+        """
+        upload = Upload(local_path, remote_path, mtime, mode)
+        try:
+            data = base64.b64encode(Path(local_path).read_bytes()).decode("ascii")
+            bits = upload_mode(upload)
+        except OSError as exc:
+            raise TransportError(f"cannot read {local_path}: {exc.strerror or exc}") from None
+        stamp = "" if mtime is None else str(int(mtime))
+        argv = ["sh", "-c", _PUT_FILE_SCRIPT, "sh", remote_argv_path(remote_path), f"{bits:o}", stamp]
+        result = self.run(argv, stdin=data, timeout=max(60.0, len(data) / 1e6), check=False)
+        if not result.ok:
+            detail = _tail(result.stderr) or f"exit {result.returncode}"
+            raise TransportError(f"cannot upload {local_path} to {remote_path} on {self.where}: {detail}")
+
+    def put_files(self, uploads: Sequence[Upload]) -> None:
+        """Copy many files, as :meth:`put_file` does each; stops at the first failure."""
+        for upload in uploads:
+            self.put_file(upload.local_path, upload.remote_path, upload.mtime, upload.mode)
 
     def alive(self) -> bool:
         return True

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpuhub.transport.base import CommandTimeout, Result, Transport, TransportError
+from gpuhub.transport.base import CommandTimeout, Result, Transport, TransportError, Upload, upload_mode
 
 
 class LocalTransport(Transport):
@@ -55,6 +56,29 @@ class LocalTransport(Transport):
 
     def get_text(self, path: str) -> str:
         return _home_relative(path).read_text(encoding="utf-8", errors="replace")
+
+    def put_file(self, local_path: str, remote_path: str, mtime: float | None = None, mode: int | None = None) -> None:
+        target = _home_relative(remote_path)
+        tmp: str | None = None
+        try:
+            bits = upload_mode(Upload(local_path, remote_path, mtime, mode))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".gpuhub-tmp")
+            with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.chmod(tmp, bits)
+            if mtime is not None:
+                os.utime(tmp, (mtime, mtime))
+            os.replace(tmp, target)
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            why = exc.strerror or str(exc)
+            raise TransportError(f"cannot upload {local_path} to {remote_path} on {self.where}: {why}") from None
+        except BaseException:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise
 
     def stream(self, argv: list[str]) -> Iterator[str]:
         proc = subprocess.Popen(
