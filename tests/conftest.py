@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Subprocesses (`python -m gpuhub ...`) test this checkout too, whatever is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
 TESTBED_ENV = Path(os.environ.get("GPUHUB_TESTBED_ENV", "/var/lib/gpuhub-testbed/testbed.env"))
 
 

@@ -32,6 +32,13 @@ def cases(site: Site) -> dict[str, JobRequest]:
     }
     if site.scheduler == "slurm" and (part.max_nodes or 2) >= 2:
         out["multinode"] = JobRequest(name="ddp", time=_time(site), nodes=2, gpus_per_node=cap, **common)
+    if site.scheduler == "slurm" and (part.max_nodes or 2) >= 2:
+        out["torchrun"] = JobRequest(name="ddp", time=_time(site), nodes=2, gpus_per_node=cap, launcher="torchrun",
+                                     requeue=True, **common)
+    if site.scheduler == "slurm":
+        out["srun"] = JobRequest(name="ddp", time=_time(site), gpus=cap, launcher="srun", **common)
+    if site.scheduler in ("ssh", "local", "htcondor"):
+        out["torchrun"] = JobRequest(name="ddp", time=_time(site), gpus=cap, launcher="torchrun", **common)
     if site.scheduler in ("slurm", "htcondor"):
         out["array"] = JobRequest(name="sweep", time=_time(site), gpus=min(1, cap), array="0-9%2", **common)
     return out

@@ -34,6 +34,7 @@ class Allocation:
     walltime: int
     qos: str | None
     account: str | None
+    launcher: str = "none"
     reasons: tuple[str, ...] = field(default=())
 
     @property
@@ -60,6 +61,8 @@ class Allocation:
             "walltime": format_walltime(self.walltime),
             "qos": self.qos,
             "account": self.account,
+            "launcher": self.launcher,
+            "requeue": self.request.requeue,
             "reasons": list(self.reasons),
         }
 
@@ -115,8 +118,17 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
     reasons = [f"partition {key!r}" + (f" (Slurm partition {part.partition})" if part.partition else "") + f": {why}"]
     nodes, gpn = _shape(site, req, key, part, reasons)
 
+    launcher = req.launcher or site.defaults.launcher or "none"
     cpus_per_gpu = req.cpus_per_gpu or site.defaults.cpus_per_gpu or part.cpus_per_gpu
     cpus_per_task = cpus_per_gpu * gpn if cpus_per_gpu and gpn else None
+    ntasks_per_node = 1
+    if launcher == "srun":
+        # One task per GPU (the pattern IDRIS documents); each task gets its GPU's share of CPUs.
+        ntasks_per_node = max(gpn, 1)
+        cpus_per_task = cpus_per_gpu if cpus_per_gpu and gpn else None
+        reasons.append(f"launcher srun: {ntasks_per_node} task(s) per node, one per GPU")
+    elif launcher == "torchrun":
+        reasons.append(f"launcher torchrun: one torchrun per node, {max(gpn, 1)} process(es) each")
     if cpus_per_task and part.cpus_per_node and cpus_per_task > part.cpus_per_node:
         raise RequestError(
             f"{cpus_per_task} CPUs per node ({cpus_per_gpu} per GPU x {gpn}) exceed the "
@@ -145,7 +157,7 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
 
     qos = _qos(site, req, key, part, walltime, reasons)
     account = _account(site, req, part)
-    _scheduler_limits(site, req, nodes)
+    _scheduler_limits(site, req, nodes, launcher)
     return Allocation(
         site=site,
         request=req,
@@ -153,12 +165,13 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
         partition=part,
         nodes=nodes,
         gpus_per_node=gpn,
-        ntasks_per_node=1,
+        ntasks_per_node=ntasks_per_node,
         cpus_per_task=cpus_per_task,
         mem_mib=mem,
         walltime=walltime,
         qos=qos,
         account=account,
+        launcher=launcher,
         reasons=tuple(reasons),
     )
 
@@ -251,8 +264,14 @@ def _account(site: Site, req: JobRequest, part: Partition) -> str | None:
     return account
 
 
-def _scheduler_limits(site: Site, req: JobRequest, nodes: int) -> None:
+def _scheduler_limits(site: Site, req: JobRequest, nodes: int, launcher: str) -> None:
     kind = site.scheduler
+    if launcher == "srun" and kind != "slurm":
+        raise RequestError(
+            f"launcher srun needs a Slurm site; {site.name!r} uses {kind}: use --launcher torchrun (single node)"
+        )
+    if req.requeue and kind != "slurm":
+        raise RequestError(f"--requeue needs a Slurm site; {site.name!r} uses {kind}")
     if nodes > 1 and kind not in MULTI_NODE_SCHEDULERS:
         raise RequestError(
             f"site {site.name!r} ({kind}) runs single-node jobs only; ask for at most one node's GPUs"

@@ -19,6 +19,7 @@ import jinja2
 
 from gpuhub import __version__
 from gpuhub.backends import backend_for
+from gpuhub.backends.common import REQUEUE_SIGNAL, launch
 from gpuhub.errors import ConfigError
 from gpuhub.paths import shipped_dir
 from gpuhub.plan import Allocation
@@ -135,6 +136,11 @@ def render(alloc: Allocation, token: str | None = None) -> RenderedJob:
     }
     ctx["directives"] = [Trusted(d) for d in ctx.get("directives", [])]
     ctx["setup"] = [Trusted(line) for line in ctx.get("setup", [])]
+    prepare, command_line = launch(alloc)  # built from quoted user values: safe to write as is
+    ctx["launch_setup"] = [Trusted(line) for line in prepare]
+    ctx["command_line"] = Trusted(command_line)
+    ctx["requeue"] = alloc.request.requeue
+    ctx["requeue_signal"] = Trusted(REQUEUE_SIGNAL)
     files = {}
     main = next(iter(backend.FILES))
     for out_name, template_name in backend.FILES.items():

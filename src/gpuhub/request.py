@@ -24,7 +24,8 @@ def _no_nul(value: str) -> str:
 
 
 Text = Annotated[str, BeforeValidator(_no_nul)]
-Launcher = Literal["none"]
+Launcher = Literal["none", "torchrun", "srun"]
+LAUNCHER_HELP = "none (the command as given), torchrun (one torchrun per node), srun (one task per GPU)"
 
 
 class JobRequest(BaseModel):
@@ -45,7 +46,10 @@ class JobRequest(BaseModel):
     cpus_per_gpu: int | None = Field(None, ge=1)
     mem: Memory | None = Field(None, description="memory per node")
     time: Walltime | None = None
-    launcher: Launcher = "none"
+    launcher: Launcher | None = Field(None, description=LAUNCHER_HELP + "; default: the site's, else none")
+    requeue: bool = Field(
+        False, description="on Slurm: signal the job (USR2) before its time limit, let it checkpoint, requeue it"
+    )
     env: dict[str, Text] = Field(default_factory=dict)
     workdir: Text | None = None
     array: str | None = Field(None, description="array indices, as sbatch --array: 0-49%10, 1,3,5")

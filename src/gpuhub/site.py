@@ -199,6 +199,20 @@ class Account(Strict):
         return value
 
 
+class Network(Strict):
+    """How ranks talk to each other: interface names and NCCL/Gloo variables, exported into jobs."""
+
+    interface: Annotated[str, BeforeValidator(_check_token)] | None = Field(
+        None, description="network interface for NCCL and Gloo (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)"
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="NCCL_* and similar variables")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
+
+
 class Defaults(Strict):
     """Default job options; the natural place for a user's own project or account."""
 
@@ -210,6 +224,7 @@ class Defaults(Strict):
     gpu_type: str | None = None
     cpus_per_gpu: int | None = Field(None, ge=1)
     mem: Memory | None = None
+    launcher: Literal["none", "torchrun", "srun"] | None = None
 
 
 class Accounting(Strict):
@@ -246,6 +261,7 @@ class Site(Strict):
     directives: list[Directive] = Field(default_factory=list, description="added to every job")
     setup: list[ShellLine] = Field(default_factory=list, description="shell lines run before the command")
     env: dict[str, str] = Field(default_factory=dict)
+    network: Network = Field(default_factory=Network)
     partitions: dict[str, Partition] = Field(..., min_length=1)
     default_partition: str | None = None
     log_dir: str = Field(

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 from gpuhub.plan import Allocation
+
+# Rendezvous port from the job id, as IDRIS's idr_torch does: two jobs sharing a node never clash.
+MASTER_PORT_EXPR = "$((10000 + SLURM_JOB_ID % 20000))"
+REQUEUE_SIGNAL = "USR2"  # not USR1: NCCL uses it
+REQUEUE_LEAD = 120  # seconds before the time limit
+_PYTHONS = re.compile(r"^(?:.*/)?python(?:3(?:\.\d+)?)?$")
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -24,10 +31,73 @@ def job_env(alloc: Allocation) -> dict[str, str]:
         "GPUHUB_NODES": str(alloc.nodes),
         "GPUHUB_GPUS_PER_NODE": str(alloc.gpus_per_node),
     }
+    network = alloc.site.network
+    if network.interface:
+        env["NCCL_SOCKET_IFNAME"] = network.interface
+        env["GLOO_SOCKET_IFNAME"] = network.interface
+    env.update(network.env)
     env.update(alloc.site.env)
     env.update(alloc.partition.env)
     env.update(req.env)
     return env
+
+
+def requeue_lead(alloc: Allocation) -> int:
+    """Seconds before the time limit at which the job is told to checkpoint."""
+    return min(REQUEUE_LEAD, max(alloc.walltime // 2, 10))
+
+
+def user_command(alloc: Allocation) -> list[str]:
+    req = alloc.request
+    if req.script is not None:
+        return ["bash", "-c", req.script, "gpuhub-script"]
+    return list(req.command)
+
+
+def torchrun_args(command: list[str]) -> list[str]:
+    """What follows ``torchrun [options]``: a script, ``-m module``, or ``--no-python`` and a program."""
+    if _PYTHONS.match(command[0]) and len(command) > 1:
+        return command[1:]
+    if command[0].endswith(".py"):
+        return command
+    return ["--no-python", *command]
+
+
+def launch(alloc: Allocation) -> tuple[list[str], str]:
+    """Shell lines that prepare the launch, and the command line itself (both trusted: built here,
+    every user value quoted)."""
+    command = user_command(alloc)
+    slurm = alloc.site.scheduler == "slurm"
+    nproc = max(alloc.gpus_per_node, 1)
+    if alloc.launcher == "none":
+        return [], shlex.join(command)
+    if alloc.launcher == "srun":
+        ranks = (
+            "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS"
+            ' LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE; exec "$@"'
+        )
+        prefix = ["srun", "--kill-on-bad-exit=1", "bash", "-c", ranks, "gpuhub-task"]
+        return _master_lines(), shlex.join(prefix + command)
+    # torchrun
+    if not slurm:
+        prefix = ["torchrun", "--standalone", f"--nproc-per-node={nproc}"]
+        return [], shlex.join(prefix + torchrun_args(command))
+    line = (
+        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun"
+        ' --nnodes="$SLURM_JOB_NUM_NODES"'
+        f" --nproc-per-node={nproc}"
+        " --rdzv-backend=c10d"
+        ' --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"'
+        ' --rdzv-id="$SLURM_JOB_ID" '
+    )
+    return _master_lines(), line + shlex.join(torchrun_args(command))
+
+
+def _master_lines() -> list[str]:
+    return [
+        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        f'export MASTER_PORT="{MASTER_PORT_EXPR}"',
+    ]
 
 
 def setup_lines(alloc: Allocation) -> list[str]:

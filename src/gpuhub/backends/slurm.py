@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gpuhub.backends.common import job_env, safe_job_name, setup_lines
+from gpuhub.backends.common import REQUEUE_SIGNAL, job_env, requeue_lead, safe_job_name, setup_lines
 from gpuhub.backends.slurm_parse import SACCT_FIELDS, SQUEUE_FORMAT, parse_sacct, parse_squeue, parse_submit
 from gpuhub.errors import RequestError
 from gpuhub.states import JobStatus, State
@@ -68,6 +68,10 @@ def directives(alloc: Allocation, token: str | None) -> list[str]:
         out.append(f"--dependency={req.dependency}")
     if part.exclusive:
         out.append("--exclusive")
+    if req.requeue:
+        out.append("--requeue")
+        out.append("--open-mode=append")  # a requeued run adds to the log instead of wiping it
+        out.append(f"--signal=B:{REQUEUE_SIGNAL}@{requeue_lead(alloc)}")
     stem = "%x-%A_%a" if req.array else "%x-%j"
     out.append(f"--output={site.log_dir}/{stem}.out")
     out.append(f"--error={site.log_dir}/{stem}.err")

@@ -36,6 +36,8 @@ OPTION_OF = {
     "qos": "--qos",
     "directives": "--directive",
     "name": "--name",
+    "launcher": "--launcher",
+    "requeue": "--requeue",
 }
 
 
@@ -71,6 +73,10 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--account", "-A", help="Scheduler account, verbatim (overrides --project)."),
         click.option("--partition", "-p", help="Partition key of the site file, or the scheduler's partition name."),
         click.option("--qos", "-q", help="QoS (chosen from the walltime when the site lists them)."),
+        click.option("--launcher", "-L", type=click.Choice(["none", "torchrun", "srun"]),
+                     help="How to start ranks: torchrun (one per node), srun (one task per GPU), none."),
+        click.option("--requeue", is_flag=True, default=None,
+                     help="Slurm: signal USR2 before the time limit so the job checkpoints, then requeue it."),
         click.option("--directive", "directives", multiple=True,
                      help="Extra scheduler option, e.g. --directive=--mail-type=END (repeatable)."),
         click.option("--script", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -201,6 +207,26 @@ def _age(ts: float | None) -> str:
     return f"{secs}s"
 
 
+def _staged(opts: dict[str, Any], local_dir: Path, send: bool) -> dict[str, Any]:
+    """Upload ``local_dir`` to the site (unless this is a dry run); the job runs there by default."""
+    from gpuhub.registry import load_site
+    from gpuhub.staging import remote_dir_for, stage
+
+    site = load_site(opts["site"])
+    if site.scheduler == "local":
+        remote = str(local_dir.resolve())
+    elif send:
+        from gpuhub.transport import transport_for
+
+        result = stage(transport_for(site), local_dir)
+        remote = f"~/{result.remote_dir}"
+        note(f"gpuhub: staged {local_dir} to {site.name}:{remote}: {result.sent} file(s) sent "
+             f"({result.bytes_sent} bytes), {result.skipped} unchanged, {result.seconds:.2f} s")
+    else:
+        remote = f"~/{remote_dir_for(local_dir)}"
+    return {**opts, "workdir": opts.get("workdir") or remote}
+
+
 def _job_rows(records: list[Any]) -> str:
     from gpuhub.cli.output import table
 
@@ -217,7 +243,9 @@ def _job_rows(records: list[Any]) -> str:
 @click.option("--dry-run", is_flag=True, help="Print what would be sent (same as `gpuhub render`) and stop.")
 @click.option("--wait", "-w", is_flag=True, help="Wait for the job to end; exit code 0 only if it completed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded job as JSON.")
-def submit(dry_run: bool, wait: bool, as_json: bool, **opts: Any) -> None:
+@click.option("--stage", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Upload this local directory first (changed files only) and run the job in it.")
+def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts: Any) -> None:
     """Submit a job to a site and record it in the ledger.
 
     \b
@@ -226,7 +254,10 @@ def submit(dry_run: bool, wait: bool, as_json: bool, **opts: Any) -> None:
       gpuhub submit --site jean-zay -P abc --gpu-type a100 --gpus 8 -t 10h -- python train.py
       gpuhub submit --site ruche --gpus 1 --array 0-49%10 -- python sweep.py
       gpuhub submit --site local --wait -- python3 -c 'print(42)'
+      gpuhub submit --site ruche --stage . --gpus 1 -- python train.py
     """
+    if stage is not None:
+        opts = _staged(opts, stage, send=not dry_run)
     if dry_run:
         ctx = click.get_current_context()
         ctx.invoke(render, as_json=as_json, output_dir=None, **opts)
