@@ -83,11 +83,15 @@ def ranks_by_node(log: str) -> dict[str, str]:
     return out
 
 
-def test_torchrun_two_nodes(site, workdir, tmp_path):
-    job = run_training(site, workdir, tmp_path, launcher="torchrun", nodes=2, gpus_per_node=1)
+def finished_log(job) -> str:
     state = job.wait(timeout=600, interval=1)
     log = job.logs()
     assert state == State.COMPLETED, log + job.logs(stderr=True)
+    return log
+
+
+def assert_same_world(log: str) -> None:
+    """Both ranks joined one world (one per node), all-reduced right and ended with the same weights."""
     result = result_of(log)
     assert result["world_size"] == 2
     assert result["allreduce"] == result["allreduce_expected"] == 3.0
@@ -95,14 +99,15 @@ def test_torchrun_two_nodes(site, workdir, tmp_path):
     assert sorted(ranks_by_node(log).values()) == ["n1", "n2"]
 
 
+def test_torchrun_two_nodes(site, workdir, tmp_path):
+    log = finished_log(run_training(site, workdir, tmp_path, launcher="torchrun", nodes=2, gpus_per_node=1))
+    assert_same_world(log)
+    assert "via torchrun" in log
+
+
 def test_srun_one_task_per_gpu(site, workdir, tmp_path):
-    job = run_training(site, workdir, tmp_path, launcher="srun", nodes=2, gpus_per_node=1)
-    state = job.wait(timeout=600, interval=1)
-    log = job.logs()
-    assert state == State.COMPLETED, log + job.logs(stderr=True)
-    result = result_of(log)
-    assert (result["world_size"], result["allreduce"], result["weights_equal"]) == (2, 3.0, True)
-    assert sorted(ranks_by_node(log).values()) == ["n1", "n2"]
+    log = finished_log(run_training(site, workdir, tmp_path, launcher="srun", nodes=2, gpus_per_node=1))
+    assert_same_world(log)
     assert "via slurm" in log
 
 
@@ -115,9 +120,7 @@ def test_requeued_job_resumes_from_checkpoint(site, workdir, tmp_path):
     time.sleep(2)  # let it train a few steps
     # What Slurm does --signal=B:USR2@N seconds before the time limit, done now.
     subprocess.run(["scancel", "--batch", "--signal=USR2", job.scheduler_id], check=True)
-    state = job.wait(timeout=600, interval=1)
-    log = job.logs()
-    assert state == State.COMPLETED, log + job.logs(stderr=True)
+    log = finished_log(job)
     stopped = [line for line in log.splitlines() if line.startswith("checkpoint at step")]
     assert len(stopped) == 1, log
     step = int(stopped[0].split()[3].rstrip(":"))

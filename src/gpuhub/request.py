@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from gpuhub.site import Directive, Memory, Token, Walltime, _check_env
+from gpuhub.site import Directive, EnvVars, Memory, Token, Walltime
 
 ARRAY_RE = re.compile(r"^\d+(?:-\d+)?(?::\d+)?(?:,\d+(?:-\d+)?(?::\d+)?)*(?:%\d+)?$")
 DEPENDENCY_RE = re.compile(
@@ -50,7 +50,7 @@ class JobRequest(BaseModel):
     requeue: bool = Field(
         False, description="on Slurm: signal the job (USR2) before its time limit, let it checkpoint, requeue it"
     )
-    env: dict[str, Text] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
     workdir: Text | None = None
     array: str | None = Field(None, description="array indices, as sbatch --array: 0-49%10, 1,3,5")
     dependency: str | None = Field(None, description="afterok:123[:456], afterany:..., singleton")
@@ -59,11 +59,6 @@ class JobRequest(BaseModel):
     partition: str | None = None
     qos: Token | None = None
     directives: list[Directive] = Field(default_factory=list, description="extra scheduler options")
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_env(value)
 
     @field_validator("array")
     @classmethod

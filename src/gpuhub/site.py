@@ -11,6 +11,7 @@ import string
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -80,6 +81,18 @@ ShellLine = Annotated[str, BeforeValidator(_check_shell_line)]
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _check_env(value: dict[str, str]) -> dict[str, str]:
+    for key, val in value.items():
+        if not ENV_NAME_RE.fullmatch(key):
+            raise ValueError(f"environment variable name {key!r} is invalid; use [A-Za-z_][A-Za-z0-9_]*")
+        if not isinstance(val, str) or "\0" in val:
+            raise ValueError(f"environment variable {key}: value must be a string without NUL bytes")
+    return value
+
+
+EnvVars = Annotated[dict[str, str], AfterValidator(_check_env)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -116,7 +129,7 @@ class Partition(Strict):
     qos: list[QoS] = Field(default_factory=list, description="QoS chosen by walltime, smallest first")
     directives: list[Directive] = Field(default_factory=list)
     setup: list[ShellLine] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
 
     @field_validator("constraint")
     @classmethod
@@ -124,11 +137,6 @@ class Partition(Strict):
         if value is not None and (not value.strip() or any(c in value for c in "\n\r\0")):
             raise ValueError("constraint must be a non-empty single line")
         return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_env(value)
 
     @model_validator(mode="after")
     def _coherent(self) -> Partition:
@@ -138,15 +146,6 @@ class Partition(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"qos names repeat: {names}")
         return self
-
-
-def _check_env(value: dict[str, str]) -> dict[str, str]:
-    for key, val in value.items():
-        if not ENV_NAME_RE.fullmatch(key):
-            raise ValueError(f"environment variable name {key!r} is invalid; use [A-Za-z_][A-Za-z0-9_]*")
-        if not isinstance(val, str) or "\0" in val:
-            raise ValueError(f"environment variable {key}: value must be a string without NUL bytes")
-    return value
 
 
 class Connection(Strict):
@@ -205,12 +204,7 @@ class Network(Strict):
     interface: Annotated[str, BeforeValidator(_check_token)] | None = Field(
         None, description="network interface for NCCL and Gloo (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)"
     )
-    env: dict[str, str] = Field(default_factory=dict, description="NCCL_* and similar variables")
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_env(value)
+    env: EnvVars = Field(default_factory=dict, description="NCCL_* and similar variables")
 
 
 class Defaults(Strict):
@@ -260,7 +254,7 @@ class Site(Strict):
     )
     directives: list[Directive] = Field(default_factory=list, description="added to every job")
     setup: list[ShellLine] = Field(default_factory=list, description="shell lines run before the command")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
     network: Network = Field(default_factory=Network)
     partitions: dict[str, Partition] = Field(..., min_length=1)
     default_partition: str | None = None
@@ -273,11 +267,6 @@ class Site(Strict):
         default_factory=list, description="dotted paths of values not yet confirmed on the live site"
     )
     sources: list[str] = Field(default_factory=list, description="where the values come from")
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_env(value)
 
     @field_validator("log_dir")
     @classmethod
