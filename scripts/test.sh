@@ -8,6 +8,7 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 bash scripts/testbed/up.sh
 bash scripts/testbed/job-python.sh   # PyTorch for the DDP jobs, readable by the testbed's login user
 bash scripts/testbed/prometheus.sh install   # the real Prometheus (and promtool) the exporter tests start
+bash scripts/testbed/postgres.sh             # PostgreSQL, the team store of the accounting tests
 python3 -m ruff check src tests benchmarks examples
 # The testbed is required here: a test needing it fails rather than skips.
 GPUHUB_TESTBED=require python3 -m pytest "$@"
