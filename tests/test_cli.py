@@ -159,3 +159,19 @@ def test_render_script_file(tmp_path):
 def test_site_from_environment(monkeypatch):
     monkeypatch.setenv("GPUHUB_SITE", "ruche")
     assert "#SBATCH --partition=" in run("render", "--", "x").output
+
+
+def test_after_resolves_gpuhub_ids_to_scheduler_ids(isolated, monkeypatch):
+    from gpuhub.ledger import Ledger
+
+    monkeypatch.setenv("GPUHUB_SITES", str(DATA))
+    ledger = Ledger()
+    for token, scheduler_id in (("t1", "4242"), ("t2", "4243")):
+        rec = ledger.add(token=token, site="testbed", scheduler="slurm", name="n", request={}, plan={}, script="")
+        ledger.mark_submitted(rec.id, scheduler_id, None, None)
+    out = run("render", "--site", "testbed", "--after", "1", "--after", "testbed:4243", "--", "x").output
+    assert "#SBATCH --dependency=afterok:4242:4243" in out
+    wrong = run("render", "--site", "jean-zay", "-P", "abc", "--after", "1", "--", "x", ok=False)
+    assert wrong.exit_code == 2 and "runs on testbed, not on jean-zay" in wrong.output
+    both = run("render", "--site", "testbed", "--after", "1", "--dependency", "afterok:1", "--", "x", ok=False)
+    assert both.exit_code == 2 and "not both" in both.output

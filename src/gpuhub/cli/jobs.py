@@ -69,6 +69,8 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--workdir", "-C", help="Directory the command runs in, on the site (~/ allowed)."),
         click.option("--array", help="Job array indices: 0-49, 0-999%20 (at most 20 at once), 1,3,5."),
         click.option("--dependency", "-d", help="Run after other jobs: afterok:123, afterany:12:13."),
+        click.option("--after", "after", multiple=True, metavar="JOB",
+                     help="Start once JOB has completed successfully (gpuhub id, SITE:ID or last; repeatable)."),
         click.option("--project", "-P", help="Project; the site turns it into an account (jean-zay: abc -> abc@a100)."),
         click.option("--account", "-A", help="Scheduler account, verbatim (overrides --project)."),
         click.option("--partition", "-p", help="Partition key of the site file, or the scheduler's partition name."),
@@ -88,10 +90,32 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _after(opts: dict[str, Any]) -> str | None:
+    """``--after 42 --after jean-zay:123`` -> ``afterok:<id>:<id>``, every job on the submit site."""
+    refs = opts.get("after") or ()
+    if not refs:
+        return opts.get("dependency")
+    if opts.get("dependency"):
+        raise click.UsageError("give --after or --dependency, not both")
+    from gpuhub.jobs import resolve
+
+    ledger = _ledger()
+    ids = []
+    for ref in refs:
+        record = resolve(ref, ledger)
+        if record.site != opts["site"]:
+            raise click.BadParameter(f"job {ref} runs on {record.site}, not on {opts['site']}", param_hint="--after")
+        if not record.scheduler_id:
+            raise click.BadParameter(f"job {ref} was never accepted by its site", param_hint="--after")
+        ids.append(record.scheduler_id)
+    return "afterok:" + ":".join(ids)
+
+
 def build_request(opts: dict[str, Any]) -> Any:
     """JobRequest from CLI options; validation errors name the option at fault."""
     from gpuhub.request import JobRequest
 
+    opts = {**opts, "dependency": _after(opts)}
     fields: dict[str, Any] = {k: v for k, v in opts.items() if k in OPTION_OF and v not in (None, (), {})}
     if "command" in fields:
         fields["command"] = list(fields["command"])
