@@ -126,10 +126,19 @@ def main() -> int:
 
 
 def shutdown() -> None:
-    """Meet every rank, then tear the process group down: exiting without it aborts under Gloo."""
+    """Meet every rank, then tear the process group down."""
     dist.barrier()
     dist.destroy_process_group()
 
 
+def leave(code: int) -> None:
+    """Exit without running C++ static destructors: with Gloo, a torch thread still joinable at
+    interpreter exit sometimes aborts the process ("terminate called without an active exception")
+    after the work is done, which the launcher would report as a failed job."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
