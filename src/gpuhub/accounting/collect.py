@@ -149,7 +149,7 @@ def _collect_slurm(
             out.warnings.append(f"site {site.name}: sacct --allusers failed ({why}); collecting your own jobs only")
             result = transport.run(sacct_argv(lo, hi, all_users), timeout=SACCT_TIMEOUT)
         stats = ParseStats()
-        got = store.ingest(site.name, _seen(parse_sacct(result.stdout.splitlines(), resolve, stats), running_before))
+        got = store.ingest(site.name, parse_sacct(result.stdout.splitlines(), resolve, stats, cross_off=running_before))
         store.set_watermark(site.name, hi)
         out.result.add(got)
         saw_lines += stats.lines - stats.pending
@@ -168,14 +168,6 @@ def _collect_slurm(
     if running_before:
         out.warnings.append(f"site {site.name}: {len(running_before)} run(s) stored as running were not returned "
                             "by sacct; they stay provisional")
-
-
-def _seen(rows: Iterable[UsageRow], running: set[tuple[str, str, str, str]]) -> Iterator[UsageRow]:
-    """Pass rows through, crossing off the stored running runs that show up again."""
-    for row in rows:
-        if running:
-            running.discard((row.cluster, row.job_id, row.submit, row.start))
-        yield row
 
 
 # --- local and lab-server jobs: from the gpuhub ledger --------------------------------------------

@@ -17,13 +17,14 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, field
+from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from gpuhub.accounting.records import UsageRow, from_epoch, month_shares, now_iso, project_of, to_epoch
+from gpuhub.accounting.sacct import RUN_WIDTH, WALL_SHIFT, AttrSet, RollupKey, RunChunk, SacctRuns
 from gpuhub.errors import ConfigError, GpuhubError
 
 SCHEMA_VERSION = 1
@@ -212,6 +213,16 @@ class UsageStore:
         self._attr_info: dict[int, tuple[int, int | float]] = {}  # attrs_id -> (dims id, GPUs)
         self._dims: list[tuple[str, ...]] = []  # rollup keys (site, account, project, user, partition, model)
         self._dims_ids: dict[tuple[str, ...], int] = {}
+        # The bulk path: the parser's tables it last used (attribute sets, rollup keys); per attribute
+        # set its attrs_id, source, rollup key id and GPUs; per rollup key its id.
+        self._bulk_table: list[AttrSet] | None = None
+        self._bulk_ids: list[int] = []
+        self._bulk_sources: list[int] = []
+        self._bulk_info: list[tuple[int, int | float]] = []
+        self._bulk_keys: list[RollupKey] = []
+        self._bulk_key_ids: list[int] = []
+        self._bulk_single = (0, True)  # (sources seen, all the same)
+        self._insert_sql: dict[tuple[int, int], str] = {}
         self._max_variables = 999
         if dialect == "sqlite":
             self._max_variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
@@ -241,6 +252,19 @@ class UsageStore:
         else:
             self.conn.executemany(sql, rows)
 
+    def _many_values(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """executemany of an ``INSERT ... VALUES (?, ...) ...``; on SQLite as multi-row INSERTs, a third
+        cheaper than a statement a row."""
+        if self.dialect == "postgresql" or len(rows) < 2:
+            self._many(sql, rows)
+            return
+        head, one, tail = _split_values(sql)
+        width = one.count("?")
+        per = max(1, min(_BULK_PER_INSERT, self._max_variables // width))
+        for i in range(0, len(rows), per):
+            part = rows[i:i + per]
+            self.conn.execute(f"{head}{', '.join([one] * len(part))}{tail}", [v for row in part for v in row])
+
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self._exec(sql, params).fetchall())
 
@@ -264,6 +288,7 @@ class UsageStore:
             self._sources.clear()
             self._attrs.clear()
             self._attr_info.clear()
+            self._bulk_table = None  # attribute sets written in that transaction are gone
             raise
 
     def _tables(self) -> set[str]:
@@ -301,8 +326,11 @@ class UsageStore:
         """Store runs: new ones added, changed ones replaced (rollups adjusted), identical ones skipped.
 
         Each batch is one transaction. Safe to call again with the same rows, or from two
-        processes at once.
+        processes at once. SQLite takes the runs of :func:`~gpuhub.accounting.sacct.parse_sacct`
+        in bulk (the same result, in well under half the time).
         """
+        if self.dialect == "sqlite" and isinstance(rows, SacctRuns):
+            return self._ingest_bulk(site, rows, batch)
         total = IngestResult()
         rows = iter(rows)
         with _gc_paused():
@@ -311,6 +339,132 @@ class UsageStore:
                     for part in _by_cluster(chunk):
                         total.add(self._ingest_runs(site, part))
         return total
+
+    # --- bulk ingest of sacct output (SQLite) -------------------------------------------------
+
+    def _ingest_bulk(self, site: str, runs: SacctRuns, batch: int) -> IngestResult:
+        """sacct output into SQLite, a chunk of a few thousand runs at a time (as many as one INSERT
+        takes; for a large input, parsed by a second process while this one writes), a group of
+        chunks (``batch`` runs, or what came in about a second) per transaction, as :meth:`ingest`.
+
+        A chunk is written with one plain INSERT. It fails, writing nothing, if any of its runs is
+        stored already (collected before, or twice in the chunk): then the chunk goes the way of
+        :meth:`ingest` (compare, replace, adjust the rollup). Otherwise all its runs are new: they
+        are summed by rollup key and month, and the sums added with the transaction.
+        """
+        per = max(1, min(_BULK_PER_INSERT, self._max_variables // RUN_WIDTH))
+        total = IngestResult()
+        with _gc_paused():
+            chunks = runs.chunks(per, batch, parallel=True)
+            try:
+                chunk = next(chunks, None)
+                while chunk is not None:
+                    txn = _BulkTxn()
+                    with self._write():
+                        while True:
+                            self._bulk_chunk(site, chunk, txn)
+                            if chunk.group_end:
+                                self._bulk_apply(site, txn)
+                                break
+                            chunk = next(chunks, None)
+                            if chunk is None:  # cannot happen: the parser ends each group
+                                raise GpuhubError("usage ingest: the parser stopped within a group")
+                    total.add(txn.result)
+                    chunk = next(chunks, None)
+            finally:
+                chunks.close()  # type: ignore[attr-defined]
+        return total
+
+    def _bulk_chunk(self, site: str, chunk: RunChunk, txn: _BulkTxn) -> None:
+        if chunk.attrs is not self._bulk_table:  # the parser started new tables (at a group's start)
+            self._bulk_table, self._bulk_ids, self._bulk_sources, self._bulk_info = chunk.attrs, [], [], []
+            self._bulk_keys, self._bulk_key_ids, self._bulk_single = chunk.keys, [], (0, True)
+        if len(self._bulk_ids) < len(chunk.attrs):
+            self._bulk_resolve(site, chunk.attrs)
+        n = len(chunk)
+        if not n:
+            return
+        cols = chunk.cols
+        locals_ = cols[_ATTR_SLOT]
+        sources = self._bulk_sources
+        cols[_ATTR_SLOT] = list(map(self._bulk_ids.__getitem__, locals_))
+        try:
+            if self._bulk_one_source():
+                self._insert_new(sources[locals_[0]], cols)
+            else:  # one INSERT per cluster, all or none
+                self._exec("SAVEPOINT usage_bulk_chunk")
+                try:
+                    for source, part in _by_source(cols, locals_, sources).items():
+                        self._insert_new(source, part)
+                except sqlite3.IntegrityError:
+                    self._exec("ROLLBACK TO usage_bulk_chunk")
+                    raise
+                finally:
+                    self._exec("RELEASE usage_bulk_chunk")
+        except sqlite3.IntegrityError:  # some run is stored already: compare, as ingest does
+            cols[_ATTR_SLOT] = locals_
+            for part in _by_cluster(chunk.rows()):
+                txn.result.add(self._ingest_runs(site, part))
+            return
+        cols[_ATTR_SLOT] = locals_
+        txn.result.new += n
+        txn.result.provisional += chunk.running
+        chunk.add_rollup(txn.sums, txn.other)
+
+    def _bulk_one_source(self) -> bool:
+        """All attribute sets met so far have the same source (one cluster: nearly always)."""
+        sources = self._bulk_sources
+        seen, single = self._bulk_single
+        if seen != len(sources):
+            single = single and len(set(sources[seen:]) | {sources[0]}) == 1
+            self._bulk_single = (len(sources), single)
+        return single
+
+    def _insert_new(self, sid: int, cols: list[list[Any]]) -> None:
+        """Runs as new records: one multi-row INSERT (it fails on any run already stored)."""
+        n = len(cols[0])
+        sql = self._insert_sql.get((n, sid))
+        if sql is None:
+            if len(self._insert_sql) > 8:
+                self._insert_sql.clear()
+            one = f"(?, NULLIF(?, 0), ?, ?, ?, ?, ?, ?, ?, ?, {int(sid)})"
+            sql = self._insert_sql[(n, sid)] = _INSERT_NEW + ", ".join([one] * n)
+        # Plain "?" and row after row: numbered ones (?NNN) cost SQLite a lookup by name each.
+        self.conn.execute(sql, list(chain.from_iterable(zip(*cols, strict=True))))
+
+    def _bulk_resolve(self, site: str, table: list[AttrSet]) -> None:
+        """attrs_id, source and rollup key of the parser's new attribute sets."""
+        new = table[len(self._bulk_ids):]
+        sids = [self._source_id(site, e.cluster) for e in new]
+        self._many_values(f"INSERT INTO usage_attrs (source_id, project, {_ATTR_COLUMNS}) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                          [(sid, project_of(e.account), *e[1:]) for sid, e in zip(sids, new, strict=True)])
+        ids = self._attr_ids([(sid, *e[1:]) for sid, e in zip(sids, new, strict=True)])
+        if None in ids:  # cannot happen unless the attrs table was edited under us
+            raise GpuhubError(f"usage database {self.where}: {ids.count(None)} attribute set(s) not stored")
+        self._bulk_ids += ids  # type: ignore[arg-type]
+        self._bulk_sources += sids
+        self._bulk_info += [
+            (self._dims_id((site, e.account, project_of(e.account), e.user, e.partition, e.gpu_model)), e.gpus)
+            for e in new
+        ]
+
+    def _bulk_apply(self, site: str, txn: _BulkTxn) -> None:
+        """The rollup changes of the runs the transaction wrote as new."""
+        keys, key_ids = self._bulk_keys, self._bulk_key_ids
+        for key in keys[len(key_ids):]:
+            key_ids.append(self._dims_id((site, key.account, project_of(key.account), key.user, key.partition,
+                                          key.gpu_model)))
+        deltas: dict[tuple[int, str], list[int]] = {}
+        for month, sums in txn.sums.items():
+            for k, packed in sums.items():
+                deltas[(key_ids[k], month)] = [packed >> WALL_SHIFT, packed & _RUNS_MASK, 0]
+        info = self._bulk_info
+        for a, start, end, wall in txn.other:
+            dims_id, gpus = info[a]
+            self._add_share(deltas, dims_id, gpus, start, end, wall, 1)
+        if deltas:
+            self._apply(deltas)
 
     def _ingest_runs(self, site: str, runs: list[UsageRow]) -> IngestResult:
         """One cluster's runs, in one pass (the hot path of a collection: locals only, the common
@@ -395,13 +549,20 @@ class UsageStore:
         dims = self._dims
         changes = [(*dims[dims_id], month, *d) for (dims_id, month), d in deltas.items() if d[0] or d[1] or d[2]]
         if changes:
-            self._many(_ADD_ROLLUP, changes)
+            self._many_values(_ADD_ROLLUP, changes)
 
     def _contribute(
         self, deltas: dict[tuple[int, str], list[int]], aid: int, start: str, end: str | None, wall: int, sign: int
     ) -> None:
         """A run's share of the rollup (``sign`` -1 takes a stored one back out)."""
         dims_id, gpus = self._attr_info.get(aid) or self._load_attr_info(aid)
+        self._add_share(deltas, dims_id, gpus, start, end, wall, sign)
+
+    @staticmethod
+    def _add_share(
+        deltas: dict[tuple[int, str], list[int]], dims_id: int, gpus: int | float, start: str, end: str | None,
+        wall: int, sign: int,
+    ) -> None:
         gpu_seconds = round(gpus * wall)
         provisional = end is None
         stop = from_epoch(to_epoch(start) + wall) if end is None else end
@@ -434,6 +595,24 @@ class UsageStore:
             )
         return {(r[0], r[1], r[2]): tuple(r[3:]) for r in rows}
 
+    def _attr_ids(self, keys: Sequence[Sequence[Any]]) -> list[int | None]:
+        """SQLite: the attrs_id of each (source_id, user, account, partition, qos, gpu_tres, gpus,
+        gpu_model), None for a set not stored; one indexed probe each, in one statement."""
+        ids: list[int | None] = [None] * len(keys)
+        per = max(1, min(_BULK_PER_INSERT, self._max_variables // 9))
+        for i in range(0, len(keys), per):
+            part = keys[i:i + per]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+            params = [v for n, key in enumerate(part, i) for v in (n, *key)]
+            for j, aid in self._all(
+                f"WITH k (i, s, u, a, p, q, t, g, m) AS (VALUES {values}) "
+                "SELECT k.i, x.attrs_id FROM k CROSS JOIN usage_attrs x "
+                "ON x.source_id = k.s AND x.user_name = k.u AND x.account = k.a AND x.partition_name = k.p "
+                "AND x.qos = k.q AND x.gpu_tres = k.t AND x.gpus = k.g AND x.gpu_model = k.m", params,
+            ):
+                ids[j] = aid
+        return ids
+
     def _source_id(self, site: str, cluster: str) -> int:
         sid = self._sources.get((site, cluster))
         if sid is None:
@@ -457,17 +636,17 @@ class UsageStore:
         self, site: str, sid: int, new: dict[tuple[Any, ...], int], known: dict[tuple[Any, ...], int]
     ) -> dict[int, int]:
         """Store new attribute sets; returns placeholder id -> real attrs_id (``known`` is updated)."""
-        self._many(f"INSERT INTO usage_attrs (source_id, project, {_ATTR_COLUMNS}) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                   [(sid, project_of(k[1]), *k) for k in new])
-        users = sorted({k[0] for k in new})
-        cols = ", ".join(f"a.{c}" for c in _ATTR_COLUMNS.split(", "))
+        self._many_values(f"INSERT INTO usage_attrs (source_id, project, {_ATTR_COLUMNS}) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                          [(sid, project_of(k[1]), *k) for k in new])
         if self.dialect == "postgresql":
+            users = sorted({k[0] for k in new})
+            cols = ", ".join(f"a.{c}" for c in _ATTR_COLUMNS.split(", "))
             found = self._all(f"SELECT a.attrs_id, {cols} FROM usage_attrs a "
                               "WHERE a.source_id = ? AND a.user_name = ANY(?)", (sid, users))
         else:
-            found = self._all(f"SELECT a.attrs_id, {cols} FROM json_each(?) j CROSS JOIN usage_attrs a "
-                              "ON a.source_id = ? AND a.user_name = j.value", (json.dumps(users), sid))
+            found = [(aid, *k) for k, aid in zip(new, self._attr_ids([(sid, *k) for k in new]), strict=True)
+                     if aid is not None]
         real = {}
         for aid, *values in found:
             key = tuple(values)
@@ -488,12 +667,16 @@ class UsageStore:
     def _info(self, site: str, akey: tuple[Any, ...]) -> tuple[int, int | float]:
         """An attribute set's rollup key (as a small id) and GPU count (an int when whole: exact, fast sums)."""
         user, account, partition, _qos, _tres, gpus, model = akey
-        dims = (site, account, project_of(account), user, partition, model)
+        dims_id = self._dims_id((site, account, project_of(account), user, partition, model))
+        return dims_id, int(gpus) if float(gpus).is_integer() else float(gpus)
+
+    def _dims_id(self, dims: tuple[str, ...]) -> int:
+        """(site, account, project, user, partition, model) -> a small id of that rollup key."""
         dims_id = self._dims_ids.get(dims)
         if dims_id is None:
             dims_id = self._dims_ids[dims] = len(self._dims)
             self._dims.append(dims)
-        return dims_id, int(gpus) if float(gpus).is_integer() else float(gpus)
+        return dims_id
 
     def _load_attr_info(self, aid: int) -> tuple[int, int | float]:
         row = self._all(
@@ -590,6 +773,38 @@ class UsageStore:
 
 
 _RECORD_WIDTH = 11  # columns of a usage_records row as written (see _UPSERT_RECORD)
+
+# The bulk path: runs per INSERT (SQLite's variables per statement permitting), the value a chunk's
+# run carries its attribute set in.
+_BULK_PER_INSERT = 3000
+_ATTR_SLOT = RUN_WIDTH - 1
+_RUNS_MASK = (1 << WALL_SHIFT) - 1
+_INSERT_NEW = ("INSERT INTO usage_records (job_id, job_ref, submit_time, start_time, end_time, wall_seconds, nnodes, "
+               "ncpus, state, attrs_id, source_id) VALUES ")
+
+
+@dataclass
+class _BulkTxn:
+    """A transaction of the bulk path: its counts, and its rollup sums (see RunChunk.add_rollup)."""
+
+    result: IngestResult = field(default_factory=IngestResult)
+    sums: dict[str, dict[int, int]] = field(default_factory=dict)  # of the runs written as new
+    other: list[tuple[int, str, str | None, int]] = field(default_factory=list)
+
+
+def _split_values(sql: str) -> tuple[str, str, str]:
+    """``INSERT ... VALUES (?, ?) ON ...`` -> (``INSERT ... VALUES ``, ``(?, ?)``, `` ON ...``)."""
+    head, _, rest = sql.partition("VALUES (")
+    one, _, tail = rest.partition(")")
+    return f"{head}VALUES ", f"({one})", tail
+
+
+def _by_source(cols: list[list[Any]], locals_: list[int], sources: list[int]) -> dict[int, list[list[Any]]]:
+    """A chunk's runs from several clusters, apart."""
+    rows: dict[int, list[int]] = {}
+    for i, a in enumerate(locals_):
+        rows.setdefault(sources[a], []).append(i)
+    return {sid: [[col[i] for i in idx] for col in cols] for sid, idx in rows.items()}
 
 
 _JOB_ID = itemgetter(1)
