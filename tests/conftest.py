@@ -59,3 +59,26 @@ def testbed() -> dict[str, str]:
             pytest.fail(message)
         pytest.skip(message)
     return env
+
+
+PG_ENV = Path(os.environ.get("GPUHUB_TEST_PG_ENV", "/var/lib/gpuhub-testbed/postgres.env"))
+
+
+def pg_url() -> str:
+    """URL of the tests' PostgreSQL (scripts/testbed/postgres.sh); skip, or fail in CI, without one."""
+    required = os.environ.get("GPUHUB_TESTBED") == "require"
+    url = ""
+    if PG_ENV.is_file():
+        for line in PG_ENV.read_text().splitlines():
+            if line.startswith("GPUHUB_TEST_PG_URL="):
+                url = line.partition("=")[2].strip()
+    message = f"PostgreSQL for tests not set up ({PG_ENV}): run scripts/testbed/postgres.sh"
+    if not url:
+        pytest.fail(message) if required else pytest.skip(message)
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=5).close()
+    except Exception as exc:  # not installed, not running
+        (pytest.fail if required else pytest.skip)(f"PostgreSQL for tests not reachable: {exc}")
+    return url

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import pg_url
 from gpuhub.accounting.collect import collect_site
 from gpuhub.accounting.records import from_epoch, to_epoch
 from gpuhub.accounting.report import build_report
@@ -30,21 +31,7 @@ from gpuhub.transport import close_all
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 REPO = Path(__file__).resolve().parent.parent
 SITES = Path(__file__).parent / "data" / "sites"
-PG_ENV = Path(os.environ.get("GPUHUB_TEST_PG_ENV", "/var/lib/gpuhub-testbed/postgres.env"))
 TRUTH_FORMAT = "JobIDRaw,Submit,Start,End,ElapsedRaw,AllocTRES,Account,State"
-
-
-def _pg_url() -> str:
-    required = os.environ.get("GPUHUB_TESTBED") == "require"
-    url = ""
-    if PG_ENV.is_file():
-        for line in PG_ENV.read_text().splitlines():
-            if line.startswith("GPUHUB_TEST_PG_URL="):
-                url = line.partition("=")[2].strip()
-    if not url:
-        (pytest.fail if required else pytest.skip)(f"PostgreSQL for tests not set up ({PG_ENV}): "
-                                                   "run scripts/testbed/postgres.sh")
-    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -57,7 +44,7 @@ def new_url(request, tmp_path):
             return str(tmp_path / f"usage-{uuid.uuid4().hex[:6]}.sqlite")
         import psycopg
 
-        url = _pg_url()
+        url = pg_url()
         schema = f"test_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
@@ -68,7 +55,7 @@ def new_url(request, tmp_path):
     if schemas:
         import psycopg
 
-        with psycopg.connect(_pg_url(), autocommit=True) as conn:
+        with psycopg.connect(pg_url(), autocommit=True) as conn:
             for schema in schemas:
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
 

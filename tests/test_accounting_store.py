@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import pg_url
 from gpuhub.accounting.records import UsageRow
 from gpuhub.accounting.report import build_report
 from gpuhub.accounting.sacct import parse_sacct
@@ -18,26 +19,6 @@ from gpuhub.accounting.store import SCHEMA_VERSION, Filters, open_store
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "accounting"
-PG_ENV = Path(os.environ.get("GPUHUB_TEST_PG_ENV", "/var/lib/gpuhub-testbed/postgres.env"))
-
-
-def _pg_url() -> str:
-    required = os.environ.get("GPUHUB_TESTBED") == "require"
-    url = ""
-    if PG_ENV.is_file():
-        for line in PG_ENV.read_text().splitlines():
-            if line.startswith("GPUHUB_TEST_PG_URL="):
-                url = line.partition("=")[2].strip()
-    message = f"PostgreSQL for tests not set up ({PG_ENV}): run scripts/testbed/postgres.sh"
-    if not url:
-        pytest.fail(message) if required else pytest.skip(message)
-    try:
-        import psycopg
-
-        psycopg.connect(url, connect_timeout=5).close()
-    except Exception as exc:  # not installed, not running
-        (pytest.fail if required else pytest.skip)(f"PostgreSQL for tests not reachable: {exc}")
-    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,7 +29,7 @@ def store_url(request, tmp_path):
         return
     import psycopg
 
-    url = _pg_url()
+    url = pg_url()
     schema = f"test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
