@@ -84,7 +84,31 @@ def _message(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class SitePoller:
+class _Background:
+    """start/stop/join of a daemon thread running ``_loop`` until ``_stop`` is set."""
+
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def _thread_name(self) -> str:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self._thread_name(), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+class SitePoller(_Background):
     def __init__(
         self,
         site: Site,
@@ -118,16 +142,8 @@ class SitePoller:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=f"gpuhub-poll-{self.site.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def _thread_name(self) -> str:
+        return f"gpuhub-poll-{self.site.name}"
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -204,7 +220,7 @@ class SitePoller:
         self.store.put(self.key, out)
 
 
-class LedgerPoller:
+class LedgerPoller(_Background):
     """Reads the ledger's counters every ``interval``; on a failed read the last counters stay."""
 
     key = "ledger"
@@ -219,16 +235,8 @@ class LedgerPoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="gpuhub-poll-ledger", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def _thread_name(self) -> str:
+        return "gpuhub-poll-ledger"
 
     def _loop(self) -> None:
         while not self._stop.is_set():
