@@ -61,6 +61,20 @@ def testbed() -> dict[str, str]:
     return env
 
 
+TESTBED2_ENV = TESTBED_ENV.with_name("slurm2.env")
+
+
+@pytest.fixture(scope="session")
+def testbed2(testbed: dict[str, str]) -> dict[str, str]:
+    """Facts about the testbed's second cluster (scripts/testbed/slurm2.sh)."""
+    if not TESTBED2_ENV.is_file():
+        message = f"second Slurm cluster not started ({TESTBED2_ENV} missing): run scripts/testbed/slurm2.sh"
+        if os.environ.get("GPUHUB_TESTBED") == "require":
+            pytest.fail(message)
+        pytest.skip(message)
+    return _read_env(TESTBED2_ENV)
+
+
 PG_ENV = Path(os.environ.get("GPUHUB_TEST_PG_ENV", "/var/lib/gpuhub-testbed/postgres.env"))
 
 

@@ -118,3 +118,13 @@ def test_single_node_schedulers_refuse_multi_node():
         plan(local, JobRequest(command=["x"], nodes=2, gpus=0))
     with pytest.raises(RequestError, match="dependencies need a Slurm site"):
         plan(local, JobRequest(command=["x"], dependency="afterok:1"))
+
+
+def test_gpu_memory_and_any_type():
+    site2 = load_file(Path(__file__).parent / "data" / "broker" / "testbed2.yaml")
+    a = plan(site2, JobRequest(command=["true"], gpu_mem="32G", gpu_type="any", time="30m"))
+    assert a.partition_key == "v100"
+    with pytest.raises(RequestError, match=r"no GPU with 40GB of memory \(its site file gives: 32 GB\)"):
+        plan(site2, JobRequest(command=["true"], gpu_mem="40G"))
+    # the testbed's site file gives no GPU memory at all
+    assert "its site file gives: no GPU memory" in refused(gpu_mem="1G")

@@ -98,6 +98,10 @@ def _candidates(site: Site, request: JobRequest) -> tuple[list[str], str]:
     else:
         chosen = [site.partition_key()]
         why = "the site's default partition"
+    if gpu_type and gpu_type.lower() == "any":
+        gpu_type = None
+    if request.gpu_mem:
+        chosen = _with_gpu_memory(site, chosen, request.gpu_mem)
     if gpu_type:
         wanted_type = gpu_type.lower()
         typed = [
@@ -111,6 +115,17 @@ def _candidates(site: Site, request: JobRequest) -> tuple[list[str], str]:
             )
         chosen = typed
     return chosen, why
+
+
+def _with_gpu_memory(site: Site, keys: list[str], mib: int) -> list[str]:
+    fitting = [k for k in keys if (site.partitions[k].gpu_memory_gb or 0) * 1024 >= mib]
+    if not fitting:
+        known = sorted({f"{p.gpu_memory_gb:g} GB" for k in keys if (p := site.partitions[k]).gpu_memory_gb})
+        raise RequestError(
+            f"site {site.name!r} has no GPU with {format_memory(mib)}B of memory"
+            f" (its site file gives: {', '.join(known) or 'no GPU memory'}); lower --gpu-mem"
+        )
+    return fitting
 
 
 def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:

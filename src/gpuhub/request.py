@@ -42,7 +42,8 @@ class JobRequest(BaseModel):
     gpus: int | None = Field(None, ge=0, description="total GPUs")
     nodes: int | None = Field(None, ge=1)
     gpus_per_node: int | None = Field(None, ge=0)
-    gpu_type: str | None = None
+    gpu_type: str | None = Field(None, description="GPU model or class (a100, v100, any...)")
+    gpu_mem: Memory | None = Field(None, description="least memory of each GPU")
     cpus_per_gpu: int | None = Field(None, ge=1)
     mem: Memory | None = Field(None, description="memory per node")
     time: Walltime | None = None

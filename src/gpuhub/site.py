@@ -221,20 +221,22 @@ class Defaults(Strict):
     launcher: Literal["none", "torchrun", "srun"] | None = None
 
 
+def _check_factors(value: dict[str, float]) -> dict[str, float]:
+    for model, factor in value.items():
+        if factor <= 0:
+            raise ValueError(f"normalization factor for {model!r} must be positive, got {factor}")
+    return value
+
+
+GpuHourFactors = Annotated[dict[str, float], AfterValidator(_check_factors)]
+
+
 class Accounting(Strict):
-    normalization: dict[str, float] = Field(
+    normalization: GpuHourFactors = Field(
         default_factory=dict, description="GPU-hour weight per gpu_model (a100: 2.0 = one A100 hour counts 2)"
     )
     source: Literal["sacct", "condor_history", "ledger"] | None = None
     site_tools: list[str] = Field(default_factory=list, description="the site's own accounting commands")
-
-    @field_validator("normalization")
-    @classmethod
-    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
-        for model, factor in value.items():
-            if factor <= 0:
-                raise ValueError(f"normalization factor for {model!r} must be positive, got {factor}")
-        return value
 
 
 Scheduler = Literal["slurm", "htcondor", "ssh", "local"]
