@@ -128,6 +128,10 @@ def test_cli_report_formats_and_file(db, tmp_path):
         (["report", "--db", "mysql://x/y"], "give postgresql://"),
         (["collect", "--site", "no-such-site"], "no-such-site"),
         (["collect", "--overlap", "soon"], "not understood"),
+        (["report", "--site", "nosuch"], "'nosuch' has no usage records; collect it with"),
+        (["report", "--project", "ABC"], "'ABC' has no usage records; did you mean 'abc'? known projects: abc"),
+        (["report", "--user", "anna"], "did you mean 'ana'?"),
+        (["report", "--account", "abc"], "known accounts: abc@a100, abc@v100, physics"),
     ],
 )
 def test_cli_bad_input_exits_2(db, args, message):
@@ -165,3 +169,18 @@ def test_local_site_from_the_ledger(db, monkeypatch):
     out = cli("report", "--by", "site,project", "--format", "json", "--site", "local")
     assert json.loads(out.output)["rows"] == [
         {"site": "local", "project": "lsst", "gpu_hours": 6.0, "jobs": 1, "provisional_gpu_hours": 0.0}]
+
+
+def test_misspelt_filter_is_not_a_zero_bill(db):
+    """A typo used to print TOTAL 0.00 and exit 0; now the real command refuses it, naming the value."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gpuhub", "usage", "report", "--project", "Physics"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "TOTAL" not in out.stdout and "did you mean 'physics'" in out.stderr
+    assert len(out.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in out.stderr
+    good = subprocess.run([sys.executable, "-m", "gpuhub", "usage", "report", "--project", "physics"],
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0 and "TOTAL" in good.stdout

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +69,10 @@ def test_sites_show_marks_unverified_values():
 def test_sites_schema_is_json_schema():
     schema = json.loads(run("sites", "schema").output)
     assert schema["title"] == "gpuhub site configuration"
-    assert "partitions" in schema["properties"] and "name" not in schema["required"]
+    assert "partitions" in schema["properties"] and "required" in schema["$defs"]["Account"]["properties"]
+    # Any file may be an override of a lower layer, so an editor must not demand any key.
+    found = re.findall(r'"required": \[', json.dumps(schema))
+    assert not found
 
 
 def test_validate_all_and_paths():
@@ -119,6 +124,12 @@ def test_broken_site_in_layer_listed_as_error(isolated, monkeypatch):
         (["--site", "jean-zay", "-P", "abc", "--gpu-type", "b200", "--", "x"], "no GPU model 'b200'"),
         ([], "nothing to run"),
         (["--array", "1-", "--", "x"], "--array"),
+        (["--site", "jeanzay", "--", "x"], "unknown site 'jeanzay'; did you mean 'jean-zay'?"),
+        (["--gpus", "1", "--", "x"], "site 'local' declares no GPUs: run with --gpus 0"),
+        (["--gpus", "0", "python3", "-c", "print(1)"],
+         "No such option '-c'; if it is an option of the program to run, put the program after '--': "
+         "gpuhub render --gpus 0 -- python3 -c 'print(1)'"),
+        (["-x"], "options of the program to run go after '--'"),
     ],
 )
 def test_render_errors(args, message):
@@ -175,3 +186,22 @@ def test_after_resolves_gpuhub_ids_to_scheduler_ids(isolated, monkeypatch):
     assert wrong.exit_code == 2 and "runs on testbed, not on jean-zay" in wrong.output
     both = run("render", "--site", "testbed", "--after", "1", "--dependency", "afterok:1", "--", "x", ok=False)
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_submit_without_dashdash_says_where_the_command_goes():
+    proc = gpuhub("submit", "python3", "-c", "print(1)")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "gpuhub submit -- python3 -c 'print(1)'" in proc.stderr
+
+
+def test_unknown_option_of_gpuhub_itself_keeps_click_suggestions():
+    proc = gpuhub("render", "--gpu", "2", "--", "x")
+    assert proc.returncode == 2 and "Did you mean" in proc.stderr and "after '--'" not in proc.stderr
+
+
+@pytest.mark.parametrize("words", [["render", "--site", "je"], ["sites", "show", "je"], ["jobs", "--site", "je"]])
+def test_shell_completion_offers_site_names(words):
+    env = {**os.environ, "_GPUHUB_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(["gpuhub", *words]),
+           "COMP_CWORD": str(len(words))}
+    proc = subprocess.run([sys.executable, "-m", "gpuhub"], capture_output=True, text=True, env=env, timeout=60)
+    assert "plain,jean-zay" in proc.stdout.splitlines()

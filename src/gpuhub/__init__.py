@@ -6,6 +6,8 @@ modules (pydantic models, Jinja2, paramiko) load only when an attribute needs th
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -41,6 +43,28 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+class _CallableModule(types.ModuleType):
+    """A submodule named like the function it defines (``gpuhub.plan``, ``gpuhub.render``).
+
+    Importing ``gpuhub.plan`` makes it an attribute of the package, hiding the lazy
+    ``gpuhub.plan`` function; calling the module calls the function, so
+    ``gpuhub.render(gpuhub.plan(site, request))`` works whatever was imported first.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if _LAZY.get(name) == f"{__name__}.{name}" and type(value) is types.ModuleType:
+            value.__class__ = _CallableModule
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -211,7 +211,7 @@ def _shape(site: Site, req: JobRequest, key: str, part: Partition, reasons: list
             reasons.append("no GPU count given: 1 GPU per node")
     nodes = nodes or 1
     if gpn > cap:
-        hint = f"use --nodes {math.ceil(gpn / cap)} --gpus-per-node {cap}" if cap else "pick a GPU partition"
+        hint = f"use --nodes {math.ceil(gpn / cap)} --gpus-per-node {cap}" if cap else _no_gpu_hint(site)
         raise RequestError(
             f"{gpn} GPUs per node asked, but nodes of partition {key!r} on site {site.name!r} "
             f"have {cap}; {hint}"
@@ -221,6 +221,14 @@ def _shape(site: Site, req: JobRequest, key: str, part: Partition, reasons: list
     if part.exclusive and gpn < cap:
         reasons.append(f"partition {key!r} is exclusive: whole nodes ({cap} GPUs each) are reserved and charged")
     return nodes, gpn
+
+
+def _no_gpu_hint(site: Site) -> str:
+    with_gpus = [k for k, p in site.partitions.items() if p.gpus_per_node]
+    if with_gpus:
+        return f"pick a GPU partition with --partition ({', '.join(with_gpus)})"
+    return (f"site {site.name!r} declares no GPUs: run with --gpus 0, choose a site with GPUs (`gpuhub sites list`), "
+            f"or declare them in the site file (partitions.{site.partition_key()}.gpus_per_node)")
 
 
 def _qos(site: Site, req: JobRequest, key: str, part: Partition, walltime: int, reasons: list[str]) -> str | None:

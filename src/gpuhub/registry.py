@@ -160,10 +160,19 @@ def load_site(name: str) -> Site:
     """The merged, validated site ``name``; ConfigError if unknown or invalid."""
     sources = site_sources(name)
     if not sources:
-        known = site_names()
-        hint = f"known sites: {', '.join(known)}" if known else "no site files found"
-        raise ConfigError(f"unknown site {name!r}; {hint} (see `gpuhub sites list`)")
+        raise ConfigError(unknown_site_message(name, site_names()))
     return build_site(name, sources)
+
+
+def unknown_site_message(name: str, known: list[str]) -> str:
+    """``unknown site 'jeanzay'; did you mean 'jean-zay'? known sites: ...``"""
+    import difflib
+
+    squash = {k.replace("-", "").replace("_", "").lower(): k for k in known}
+    close = [squash[s] for s in difflib.get_close_matches(name.replace("-", "").replace("_", "").lower(), squash, 1)]
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    hint = f"known sites: {', '.join(known)}" if known else "no site files found"
+    return f"unknown site {name!r}; {guess}{hint} (see `gpuhub sites list`)"
 
 
 def build_site(name: str, sources: list[SiteSource]) -> Site:

@@ -768,6 +768,15 @@ class UsageStore:
                 params.extend(values)
         return where, params
 
+    def known_values(self) -> dict[str, list[str]]:
+        """Every site, project, user and account the records name: a filter outside these matches nothing."""
+        return {
+            "sites": [r[0] for r in self._all("SELECT DISTINCT site FROM usage_sources ORDER BY site")],
+            "projects": [r[0] for r in self._all("SELECT DISTINCT project FROM usage_attrs ORDER BY project")],
+            "users": [r[0] for r in self._all("SELECT DISTINCT user_name FROM usage_attrs ORDER BY user_name")],
+            "accounts": [r[0] for r in self._all("SELECT DISTINCT account FROM usage_attrs ORDER BY account")],
+        }
+
     def record_count(self) -> int:
         return int(self._all("SELECT COUNT(*) FROM usage_records")[0][0])
 

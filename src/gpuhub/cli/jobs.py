@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from gpuhub.cli.output import emit_json, note
+from gpuhub.cli.output import complete_site, emit_json, note
 from gpuhub.errors import RequestError
 
 DEFAULT_SITE = "local"
@@ -55,7 +56,7 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The job description options, shared by ``render`` and ``submit``."""
     options = [
         click.option("--site", "-s", envvar="GPUHUB_SITE", default=DEFAULT_SITE, show_default=True,
-                     help="Site to run on (env GPUHUB_SITE)."),
+                     shell_complete=complete_site, help="Site to run on (env GPUHUB_SITE)."),
         click.option("--name", "-J", help="Job name."),
         click.option("--gpus", "-G", type=click.IntRange(min=0), help="Total GPUs (spread over nodes if needed)."),
         click.option("--nodes", "-N", type=click.IntRange(min=1), help="Number of nodes."),
@@ -88,6 +89,29 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+class JobCommand(click.Command):
+    """``render``/``submit``: an unknown option after the program's name belongs to the program."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # the parser consumes its list
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if "--" not in given:
+                exc.message = f"{exc.message.rstrip('.')}; {self._dashdash_hint(ctx, given, exc.option_name)}"
+            raise
+
+    def _dashdash_hint(self, ctx: click.Context, args: list[str], bad: str) -> str:
+        """Where ``--`` goes: before the first word that is neither an option nor an option's value."""
+        takes_value = {o for p in self.params if isinstance(p, click.Option) and not p.is_flag for o in p.opts}
+        end = args.index(bad) if bad in args else len(args)
+        for i, word in enumerate(args[:end]):
+            if not word.startswith("-") and not (i and args[i - 1] in takes_value):
+                fixed = ["gpuhub", ctx.info_name or "submit", *args[:i], "--", *args[i:]]
+                return f"if it is an option of the program to run, put the program after '--': {shlex.join(fixed)}"
+        return f"options of the program to run go after '--': gpuhub {ctx.info_name} [OPTIONS] -- PROGRAM [ARGS]"
 
 
 def _after(opts: dict[str, Any]) -> str | None:
@@ -163,7 +187,7 @@ def prepare(opts: dict[str, Any], token: str | None = None) -> Any:
     return render_job(plan(site, request), token=token)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=JobCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @job_options
 @click.option("--json", "as_json", is_flag=True, help="Print plan, files and submit command as JSON.")
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
@@ -262,7 +286,7 @@ def _job_rows(records: list[Any]) -> str:
     return table(["id", "site", "sched id", "name", "state", "gpus", "age", "reason/nodes"], rows)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=JobCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @job_options
 @click.option("--dry-run", is_flag=True, help="Print what would be sent (same as `gpuhub render`) and stop.")
 @click.option("--wait", "-w", is_flag=True, help="Wait for the job to end; exit code 0 only if it completed.")
@@ -350,7 +374,7 @@ def status(refs: tuple[str, ...], watch: bool, interval: float, as_json: bool) -
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--site", "-s", help="Only jobs of this site.")
+@click.option("--site", "-s", shell_complete=complete_site, help="Only jobs of this site.")
 @click.option("--active", is_flag=True, help="Only unfinished jobs.")
 @click.option("--limit", "-n", default=50, show_default=True, help="Most recent N jobs (0 = all).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

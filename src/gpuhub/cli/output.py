@@ -25,3 +25,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def note(message: str) -> None:
     """A remark for the person at the terminal, kept off stdout so pipes stay clean."""
     click.echo(message, err=True, color=sys.stderr.isatty())
+
+
+def complete_site(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of site names: file names only, nothing is parsed."""
+    from gpuhub.registry import site_names
+
+    return [name for name in site_names() if name.startswith(incomplete)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from gpuhub import registry
-from gpuhub.cli.output import emit_json, note, table
+from gpuhub.cli.output import complete_site, emit_json, note, table
 from gpuhub.errors import ConfigError
 from gpuhub.paths import user_sites_dir
 from gpuhub.site import Site
@@ -89,7 +89,7 @@ def _layers(sources: list[registry.SiteSource]) -> str:
 
 
 @sites.command("show")
-@click.argument("site")
+@click.argument("site", shell_complete=complete_site)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the merged site file).")
 def show_cmd(site: str, as_json: bool) -> None:
     """Show one site as gpuhub sees it, after every override, with unverified values marked.
@@ -239,16 +239,28 @@ def schema_cmd() -> None:
       # then, first line of a site file:
       # yaml-language-server: $schema=~/.config/gpuhub/site.schema.json
     """
-    schema = Site.model_json_schema()
+    schema = _without_required(Site.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "gpuhub site configuration"
-    # `name` defaults to the file name, so a site file need not repeat it.
-    schema["required"] = [k for k in schema.get("required", []) if k != "name"]
+    schema["description"] = (
+        "A site file, or an override layered over one (only the keys that change). Required keys are "
+        "checked on the merged site by `gpuhub sites validate`, not here."
+    )
     click.echo(json.dumps(schema, indent=2))
 
 
+def _without_required(node: object) -> object:
+    """The schema with no key required: any file may be an override holding a single key."""
+    if isinstance(node, dict):
+        # `required` as a keyword is a list; Account's `required` property is a mapping and stays.
+        return {k: _without_required(v) for k, v in node.items() if not (k == "required" and isinstance(v, list))}
+    if isinstance(node, list):
+        return [_without_required(v) for v in node]
+    return node
+
+
 @sites.command("trust")
-@click.argument("site")
+@click.argument("site", shell_complete=complete_site)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before adding the key (a mismatch is still refused).")
 @click.option(
     "--known-hosts",

@@ -6,10 +6,11 @@ import json
 import re
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 
-from gpuhub.cli.output import note
+from gpuhub.cli.output import complete_site, note
 
 _DATE_RE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?)?$")
 DATE_HELP = "UTC date: YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
@@ -103,7 +104,7 @@ def usage() -> None:
 
 
 @usage.command("collect")
-@click.option("--site", "-s", "sites", multiple=True, metavar="NAME",
+@click.option("--site", "-s", "sites", multiple=True, metavar="NAME", shell_complete=complete_site,
               help="Site to collect (repeatable or comma-separated). Default: the sites collected before.")
 @click.option("--all", "all_sites", is_flag=True, help="Collect every configured site.")
 @click.option("--since", callback=_since, metavar="DATE",
@@ -185,7 +186,8 @@ def collect(sites: tuple[str, ...], all_sites: bool, since: str | None, until: s
 @click.option("--since", callback=_since, metavar="DATE", help=f"From this date ({DATE_HELP}).")
 @click.option("--until", callback=_until, metavar="DATE",
               help="Up to this date; a month or a day is included whole (--until 2026-03 ends on March 31).")
-@click.option("--site", "-s", "sites", multiple=True, metavar="NAME", help="Only these sites (repeatable).")
+@click.option("--site", "-s", "sites", multiple=True, metavar="NAME", shell_complete=complete_site,
+              help="Only these sites (repeatable).")
 @click.option("--project", "projects", multiple=True, metavar="NAME", help="Only these projects (repeatable).")
 @click.option("--user", "users", multiple=True, metavar="NAME", help="Only these users (repeatable).")
 @click.option("--account", "accounts", multiple=True, metavar="NAME", help="Only these accounts (repeatable).")
@@ -220,6 +222,7 @@ def report(by: list[str], since: str | None, until: str | None, sites: tuple[str
     filters = Filters(_split(sites), _split(projects), _split(users), _split(accounts))
     factors = SiteFactors() if normalized else None
     with open_store(db) as store:
+        _check_filters(filters, store.known_values())
         result = build_report(store, by, filters, since, until, factors, top=top)
         charts = chart_reports(store, filters, since, until, factors) if fmt == "html" else None
     for warning in result.warnings:
@@ -233,3 +236,25 @@ def report(by: list[str], since: str | None, until: str | None, sites: tuple[str
     except OSError as exc:
         raise click.FileError(str(output), hint=exc.strerror or str(exc)) from None
     note(f"wrote {output}")
+
+
+def _check_filters(filters: Any, known: dict[str, list[str]]) -> None:
+    """A filter value no record has would make a silent zero report (a typo billed as 0 hours): refuse it."""
+    import difflib
+
+    for field, option in (("sites", "--site"), ("projects", "--project"), ("users", "--user"),
+                          ("accounts", "--account")):
+        values = known[field]
+        for value in getattr(filters, field):
+            if value in values:
+                continue
+            folded = {v.lower(): v for v in values}
+            close = folded.get(value.lower()) or next(iter(difflib.get_close_matches(value, values, 1)), None)
+            guess = f"did you mean {close!r}? " if close else ""
+            listed = ", ".join(values[:20]) + (f" and {len(values) - 20} more" if len(values) > 20 else "")
+            if not values:
+                listed = "none yet"
+            how = f"; collect it with `gpuhub usage collect --site {value}`" if field == "sites" else ""
+            raise click.BadParameter(
+                f"{value!r} has no usage records{how}; {guess}known {field}: {listed}", param_hint=option
+            )
