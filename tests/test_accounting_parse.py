@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub.accounting.collect import default_since, ledger_rows, model_resolver
+from gpuhub.accounting.collect import default_since
+from gpuhub.accounting.ledger_usage import ledger_rows
 from gpuhub.accounting.records import month_shares, project_of, window_shares
 from gpuhub.accounting.sacct import FORMAT, ParseStats, parse_alloc_tres, parse_sacct, sacct_argv
+from gpuhub.accounting.sacct_collect import model_resolver
 from gpuhub.cli.usage import parse_when
 from gpuhub.registry import load_site
 

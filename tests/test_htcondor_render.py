@@ -66,7 +66,7 @@ def test_plain_job_queues_once():
 def test_multi_node_and_dependencies_refused():
     with pytest.raises(RequestError, match="single-node jobs only"):
         parsed(nodes=2, gpus_per_node=1)
-    with pytest.raises(RequestError, match="dependencies need a Slurm site"):
+    with pytest.raises(RequestError, match="dependencies are not available on site"):
         parsed(dependency="afterok:5")
 
 

@@ -116,7 +116,7 @@ def test_single_node_schedulers_refuse_multi_node():
     local = load_site("local")
     with pytest.raises(RequestError, match="single-node jobs only"):
         plan(local, JobRequest(command=["x"], nodes=2, gpus=0))
-    with pytest.raises(RequestError, match="dependencies need a Slurm site"):
+    with pytest.raises(RequestError, match="dependencies are not available on site"):
         plan(local, JobRequest(command=["x"], dependency="afterok:1"))
 
 

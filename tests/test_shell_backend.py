@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub.backends import shell
+from gpuhub.backends import backend_for, shell
 from gpuhub.errors import GpuhubError
 from gpuhub.plan import plan
 from gpuhub.registry import load_site
@@ -26,6 +26,7 @@ from gpuhub.request import JobRequest
 from gpuhub.states import JobStatus, State
 from gpuhub.transport.local import LocalTransport
 
+SHELL = backend_for("local")
 HAS_PROC = Path("/proc/self/stat").exists()
 needs_proc = pytest.mark.skipif(not HAS_PROC, reason="inspects processes through /proc (Linux)")
 
@@ -54,7 +55,7 @@ def transport(jobs_dir: Path):
     t = CountingTransport()
     yield t
     if jobs_dir.is_dir():
-        shell.cancel(LocalTransport(), [d.name for d in jobs_dir.iterdir()])
+        SHELL.cancel(LocalTransport(), [d.name for d in jobs_dir.iterdir()])
 
 
 def new_token() -> str:
@@ -68,14 +69,14 @@ def rendered(token: str, site: str = "local", **request):
 
 def start(transport, **request) -> str:
     token = new_token()
-    assert shell.submit(transport, rendered(token, **request), token) == token
+    assert SHELL.submit(transport, rendered(token, **request), token) == token
     return token
 
 
 def wait_for(transport, job_id: str, states: set[State], timeout: float = 30.0) -> JobStatus:
     deadline = time.monotonic() + timeout
     while True:
-        status = shell.poll(transport, [job_id])[job_id]
+        status = SHELL.poll(transport, [job_id])[job_id]
         if status.state in states:
             return status
         if time.monotonic() > deadline:
@@ -174,13 +175,13 @@ def test_job_dir_and_log_paths(monkeypatch):
     monkeypatch.delenv(shell.LOCAL_JOBS_ENV, raising=False)
     assert shell.job_dir("abc123") == "~/.gpuhub/jobs/abc123"
     # relative to the home directory, where commands start and SFTP paths begin
-    assert shell.log_paths("abc123", "my job", "gpuhub-logs") == (
+    assert SHELL.log_paths("abc123", "my job", "gpuhub-logs") == (
         ".gpuhub/jobs/abc123/job.out",
         ".gpuhub/jobs/abc123/job.err",
     )
     monkeypatch.setenv(shell.LOCAL_JOBS_ENV, "/tmp/x/jobs/")
     assert shell.job_dir("abc123") == "/tmp/x/jobs/abc123"
-    assert shell.log_paths("abc123", "my job", "gpuhub-logs")[1] == "/tmp/x/jobs/abc123/job.err"
+    assert SHELL.log_paths("abc123", "my job", "gpuhub-logs")[1] == "/tmp/x/jobs/abc123/job.err"
 
 
 @pytest.mark.parametrize("bad", ["", "..", ".hidden", "a/b", "a b", "a;b", "$(id)", "x" * 200])
@@ -190,8 +191,8 @@ def test_bad_tokens_are_refused(bad):
 
 
 def test_no_ids_no_command(transport):
-    assert shell.poll(transport, []) == {}
-    shell.cancel(transport, [])
+    assert SHELL.poll(transport, []) == {}
+    SHELL.cancel(transport, [])
     assert transport.calls == []
 
 
@@ -202,9 +203,9 @@ def test_lifecycle_completed(transport, jobs_dir):
     job_id = start(transport, script='echo "out $GPUHUB_JOB_NAME $PWD"; echo err >&2; sleep 1', name="hello")
     assert len(transport.calls) == 1  # the launcher; the file went through put_text
     assert (jobs_dir / job_id / "job.sh").stat().st_mode & 0o777 == 0o755
-    assert shell.find_by_token(transport, job_id) == job_id
+    assert SHELL.find_by_tokens(transport, [job_id]).get(job_id) == job_id
 
-    running = shell.poll(transport, [job_id])[job_id]
+    running = SHELL.poll(transport, [job_id])[job_id]
     assert running.state == State.RUNNING and running.start and running.end is None
 
     done = wait_for(transport, job_id, {State.COMPLETED, State.FAILED})
@@ -212,7 +213,7 @@ def test_lifecycle_completed(transport, jobs_dir):
     assert done.exit_code == "0" and done.reason is None
     assert done.start and done.end and done.start <= done.end
 
-    out, err = shell.log_paths(job_id, "hello", "gpuhub-logs")
+    out, err = SHELL.log_paths(job_id, "hello", "gpuhub-logs")
     # the job runs in its own directory
     assert transport.get_text(out) == f"out hello {jobs_dir / job_id}\n"
     assert transport.get_text(err) == "err\n"
@@ -229,15 +230,15 @@ def test_failing_command_reports_its_exit_code(transport):
 def test_submitting_the_same_token_twice_starts_one_job(transport, jobs_dir):
     token = new_token()
     job = rendered(token, command=["sleep", "30"])
-    shell.submit(transport, job, token)
+    SHELL.submit(transport, job, token)
     first = (jobs_dir / token / "pid").read_text()
-    assert shell.submit(transport, job, token) == token
+    assert SHELL.submit(transport, job, token) == token
     assert (jobs_dir / token / "pid").read_text() == first
-    assert shell.poll(transport, [token])[token].state == State.RUNNING
+    assert SHELL.poll(transport, [token])[token].state == State.RUNNING
 
 
 def test_find_by_token_unknown(transport):
-    assert shell.find_by_token(transport, new_token()) is None
+    assert SHELL.find_by_tokens(transport, [new_token()]) == {}
 
 
 @needs_proc
@@ -250,7 +251,7 @@ def test_cancel_kills_the_whole_process_group(transport, jobs_dir):
     assert int(fields[2]) == pgid and int(fields[3]) == pgid  # leader of its own group and session
 
     began = time.monotonic()
-    shell.cancel(transport, [job_id])
+    SHELL.cancel(transport, [job_id])
     assert time.monotonic() - began < 4  # TERM was enough: no wait for the KILL follow-up
 
     status = wait_for(transport, job_id, {State.CANCELLED, State.FAILED, State.COMPLETED}, timeout=10)
@@ -267,20 +268,20 @@ def test_cancel_kills_a_job_that_ignores_term(transport, jobs_dir):
     wait_group_size(pgid, 5)
 
     began = time.monotonic()
-    shell.cancel(transport, [job_id])
+    SHELL.cancel(transport, [job_id])
     assert 4 < time.monotonic() - began < 15  # TERM, a grace period, then KILL
     wait_group_gone(pgid)
-    assert shell.poll(transport, [job_id])[job_id].state == State.CANCELLED
+    assert SHELL.poll(transport, [job_id])[job_id].state == State.CANCELLED
 
 
 def test_cancel_before_start_prevents_the_run(transport, jobs_dir):
     token = new_token()
     job = rendered(token, command=["bash", "-c", "echo ran"])
     transport.put_text(f"{shell.job_dir(token)}/job.sh", job.files["job.sh"], 0o755)
-    assert shell.poll(transport, [token])[token].state == State.PENDING
-    shell.cancel(transport, [token])
-    assert shell.poll(transport, [token])[token].state == State.CANCELLED
-    shell.submit(transport, job, token)  # a submit that was in flight when the cancel came
+    assert SHELL.poll(transport, [token])[token].state == State.PENDING
+    SHELL.cancel(transport, [token])
+    assert SHELL.poll(transport, [token])[token].state == State.CANCELLED
+    SHELL.submit(transport, job, token)  # a submit that was in flight when the cancel came
     status = wait_for(transport, token, {State.CANCELLED, State.COMPLETED, State.FAILED})
     assert status.state == State.CANCELLED
     assert not (jobs_dir / token / "job.out").exists()
@@ -289,8 +290,8 @@ def test_cancel_before_start_prevents_the_run(transport, jobs_dir):
 def test_cancel_after_completion_keeps_completed(transport):
     job_id = start(transport, command=["true"])
     wait_for(transport, job_id, {State.COMPLETED})
-    shell.cancel(transport, [job_id])
-    assert shell.poll(transport, [job_id])[job_id].state == State.COMPLETED
+    SHELL.cancel(transport, [job_id])
+    assert SHELL.poll(transport, [job_id])[job_id].state == State.COMPLETED
 
 
 @needs_proc
@@ -299,7 +300,7 @@ def test_job_outlives_its_submitter(transport, jobs_dir):
     code = textwrap.dedent(
         """
         import sys
-        from gpuhub.backends import shell
+        from gpuhub.backends import backend_for
         from gpuhub.plan import plan
         from gpuhub.registry import load_site
         from gpuhub.render import render
@@ -308,7 +309,7 @@ def test_job_outlives_its_submitter(transport, jobs_dir):
 
         token = sys.argv[1]
         job = render(plan(load_site("local"), JobRequest(script="sleep 2; echo survived", name="orphan")), token)
-        print(shell.submit(LocalTransport(), job, token))
+        print(backend_for("local").submit(LocalTransport(), job, token))
         """
     )
     submitter = subprocess.run(
@@ -320,11 +321,11 @@ def test_job_outlives_its_submitter(transport, jobs_dir):
     # The submitter is gone; the job lives on in a session of its own.
     pid = job_pid(jobs_dir, token)
     assert int(proc_stat(pid)[3]) == pid
-    assert shell.poll(transport, [token])[token].state == State.RUNNING
-    assert shell.find_by_token(transport, token) == token
+    assert SHELL.poll(transport, [token])[token].state == State.RUNNING
+    assert SHELL.find_by_tokens(transport, [token]).get(token) == token
     status = wait_for(transport, token, {State.COMPLETED, State.FAILED})
     assert status.state == State.COMPLETED
-    assert transport.get_text(shell.log_paths(token, "orphan", "gpuhub-logs")[0]) == "survived\n"
+    assert transport.get_text(SHELL.log_paths(token, "orphan", "gpuhub-logs")[0]) == "survived\n"
 
 
 def test_poll_and_cancel_many_jobs_take_one_command_each(transport):
@@ -332,17 +333,17 @@ def test_poll_and_cancel_many_jobs_take_one_command_each(transport):
     unknown = new_token()
     transport.calls.clear()
 
-    statuses = shell.poll(transport, [*ids, unknown])
+    statuses = SHELL.poll(transport, [*ids, unknown])
     assert len(transport.calls) == 1
     assert {statuses[i].state for i in ids} == {State.RUNNING}
     assert statuses[unknown].state == State.UNKNOWN
 
     transport.calls.clear()
-    shell.cancel(transport, ids)
+    SHELL.cancel(transport, ids)
     assert len(transport.calls) == 1
 
     transport.calls.clear()
-    after = shell.poll(transport, ids)
+    after = SHELL.poll(transport, ids)
     assert len(transport.calls) == 1
     assert {after[i].state for i in ids} == {State.CANCELLED}
 
@@ -357,14 +358,14 @@ def test_reused_pid_is_not_taken_for_the_job(transport, jobs_dir):
     my_start = proc_stat(os.getpid())[19]  # field 22
 
     (directory / "pid").write_text(f"{os.getpid()} {int(my_start) + 12345} 1700000000\n")
-    reused = shell.poll(transport, [token])[token]
+    reused = SHELL.poll(transport, [token])[token]
     assert reused.state == State.FAILED and "without recording an exit code" in (reused.reason or "")
-    shell.cancel(transport, [token])  # must not signal this test process
+    SHELL.cancel(transport, [token])  # must not signal this test process
     assert os.path.exists(f"/proc/{os.getpid()}")
 
     (directory / "cancelled").unlink()
     (directory / "pid").write_text(f"{os.getpid()} {my_start} 1700000000\n")
-    assert shell.poll(transport, [token])[token].state == State.RUNNING  # the check itself works
+    assert SHELL.poll(transport, [token])[token].state == State.RUNNING  # the check itself works
 
 
 def test_directory_without_pid_is_pending_then_unknown(transport, jobs_dir):
@@ -372,10 +373,10 @@ def test_directory_without_pid_is_pending_then_unknown(transport, jobs_dir):
     directory = jobs_dir / token
     directory.mkdir(parents=True)
     (directory / "job.sh").write_text("true\n")
-    assert shell.poll(transport, [token])[token].state == State.PENDING
+    assert SHELL.poll(transport, [token])[token].state == State.PENDING
     old = time.time() - 600
     os.utime(directory / "job.sh", (old, old))
-    status = shell.poll(transport, [token])[token]
+    status = SHELL.poll(transport, [token])[token]
     assert status.state == State.UNKNOWN and "never started" in (status.reason or "")
 
 
@@ -425,11 +426,11 @@ def test_lifecycle_over_ssh(ssh_site):
     first = connect()
     try:
         assert (
-            shell.submit(first, rendered(done_id, site.name, script="sleep 2; echo out; echo err >&2; exit 4"), done_id)
+            SHELL.submit(first, rendered(done_id, site.name, script="sleep 2; echo out; echo err >&2; exit 4"), done_id)
             == done_id
         )
         assert (
-            shell.submit(
+            SHELL.submit(
                 first, rendered(long_id, site.name, command=["bash", "-c", "sleep 300 & sleep 300; wait"]), long_id
             )
             == long_id
@@ -439,24 +440,24 @@ def test_lifecycle_over_ssh(ssh_site):
 
     t = connect()
     try:
-        assert shell.find_by_token(t, done_id) == done_id
-        assert shell.find_by_token(t, new_token()) is None
-        both = shell.poll(t, [done_id, long_id])
+        assert SHELL.find_by_tokens(t, [done_id]).get(done_id) == done_id
+        assert SHELL.find_by_tokens(t, [new_token()]) == {}
+        both = SHELL.poll(t, [done_id, long_id])
         assert both[done_id].state == State.RUNNING and both[long_id].state == State.RUNNING
 
         done = wait_for(t, done_id, {State.COMPLETED, State.FAILED})
         assert done.state == State.FAILED and done.exit_code == "4"
-        out, err = shell.log_paths(done_id, "shell-test", site.log_dir)
+        out, err = SHELL.log_paths(done_id, "shell-test", site.log_dir)
         assert t.get_text(out) == "out\n" and t.get_text(err) == "err\n"
         # read the way `gpuhub logs` does: plain argv, no shell to expand anything
         assert t.run(["cat", "--", out]).stdout == "out\n"
         assert t.run(["tail", "-n", "+1", "--", err]).stdout == "err\n"
 
         pgid = t.get_text(f"{shell.job_dir(long_id)}/pid").split()[0]
-        shell.cancel(t, [long_id])
+        SHELL.cancel(t, [long_id])
         assert wait_for(t, long_id, {State.CANCELLED, State.FAILED, State.COMPLETED}).state == State.CANCELLED
         assert t.run(["bash", "-c", REMOTE_GROUP, "group", pgid]).stdout.strip() == "0"
     finally:
-        shell.cancel(t, [done_id, long_id])
+        SHELL.cancel(t, [done_id, long_id])
         t.run(["bash", "-c", REMOTE_CLEANUP, "cleanup", done_id, long_id], check=False)
         t.close()

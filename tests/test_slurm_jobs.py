@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpuhub import jobs as jobs_api
-from gpuhub.backends import slurm
+from gpuhub.backends import backend_for
 from gpuhub.errors import GpuhubError
 from gpuhub.ledger import Ledger
 from gpuhub.registry import load_site
@@ -75,7 +75,7 @@ def test_two_node_job(site, ledger):
 def test_array_of_50_is_one_submission(site, ledger):
     job = submit(site, ledger, command=["bash", "-c", "echo task $GPUHUB_ARRAY_INDEX"], array="0-49", gpus=0)
     assert job.wait(timeout=300, interval=1) == State.COMPLETED
-    out, _ = slurm.log_paths(job.scheduler_id, "gpuhub", site.log_dir, task=49)
+    out, _ = backend_for("slurm").log_paths(job.scheduler_id, "gpuhub", site.log_dir, task=49)
     assert transport_for(site).get_text(out) == "task 49\n"
     assert "50 completed" in (job.record.reason or "")
 
@@ -110,7 +110,7 @@ class CountingTransport:
 def test_status_of_many_jobs_is_one_call_per_kind(site, ledger):
     jobs = [submit(site, ledger, command=["true"], gpus=0) for _ in range(30)]
     counting = CountingTransport(transport_for(site))
-    found = slurm.poll(counting, [j.scheduler_id for j in jobs])
+    found = backend_for("slurm").poll(counting, [j.scheduler_id for j in jobs])
     assert set(found) == {j.scheduler_id for j in jobs}
     assert counting.calls in (["squeue"], ["squeue", "sacct"])
 
@@ -169,7 +169,7 @@ def test_scheduler_timeout_is_reported_clearly(site, ledger):
     try:
         start = time.monotonic()
         with pytest.raises(CommandTimeout) as info:
-            slurm.poll(transport, ["1"], timeout=2)
+            backend_for("slurm").poll(transport, ["1"], timeout=2)
         assert time.monotonic() - start < 10
     finally:
         subprocess.run(["kill", "-CONT", pid], check=True)

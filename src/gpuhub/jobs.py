@@ -3,19 +3,22 @@
 ``submit`` is ``render`` plus sending: the same :func:`gpuhub.render.render` output is what goes
 out. Every submission carries a token (Slurm ``--comment=gpuhub:TOKEN``); when the connection
 drops mid-submit, the retry first looks for that token and adopts the job instead of sending a
-second copy.
+second copy. A submitter killed mid-way leaves a ``submitting`` row that ``refresh`` (``gpuhub
+status``) settles: see :mod:`gpuhub.inflight`.
 """
 
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gpuhub import inflight
 from gpuhub.backends import backend_for
-from gpuhub.errors import GpuhubError
+from gpuhub.errors import ConfigError, GpuhubError, RequestError
 from gpuhub.ledger import JobRecord, Ledger
 from gpuhub.plan import plan
 from gpuhub.registry import load_site
@@ -25,6 +28,9 @@ from gpuhub.site import Site
 from gpuhub.states import JobStatus, State
 from gpuhub.transport import CommandTimeout, transport_for
 from gpuhub.transport.base import TransportError
+
+if TYPE_CHECKING:
+    from gpuhub.backends.base import Backend
 
 # A dropped connection shows up as one of these; the job may or may not have reached the site.
 _LOST = (TransportError, CommandTimeout, OSError, EOFError)
@@ -51,39 +57,86 @@ def submit(
     """Submit a job and record it; returns a :class:`Job` handle.
 
     ``gpuhub.submit(command=["python", "train.py"], site="jean-zay", gpus=8, project="abc")``
+
+    Whatever goes wrong once the row is recorded, the row never stays behind as a job nobody can
+    follow: it gets its scheduler id, or ends as ``failed`` with a one-line reason, or (when the
+    site could not be asked whether the job arrived) stays ``submitting`` for ``status`` to settle.
     """
     request = request or JobRequest(**fields)
     ledger = ledger or Ledger()
     site_obj = load_site(site) if isinstance(site, str) else site
     token = new_token()
     job = prepare(site_obj, request, token)
-    record = ledger.add(
-        token=token,
-        site=site_obj.name,
-        scheduler=site_obj.scheduler,
-        name=request.name,
-        request=request.model_dump(mode="json", exclude_defaults=True),
-        plan=job.allocation.summary(),
-        script=job.files[job.main_file],
-    )
     backend = backend_for(site_obj.scheduler)
-    try:
-        scheduler_id = _send(site_obj, backend, job, token, timeout)
-    except GpuhubError as exc:
-        ledger.mark_failed_submit(record.id, exc.message)
-        raise
-    out, err = backend.log_paths(scheduler_id, request.name, site_obj.log_dir)
-    record = ledger.mark_submitted(record.id, scheduler_id, out, err)
+    with inflight.hold(ledger, token):
+        try:
+            record = ledger.add(
+                token=token,
+                site=site_obj.name,
+                scheduler=site_obj.scheduler,
+                name=request.name,
+                request=request.model_dump(mode="json", exclude_defaults=True),
+                plan=job.allocation.summary(),
+                script=job.files[job.main_file],
+            )
+        except sqlite3.Error as exc:
+            raise GpuhubError(f"cannot record the job in the ledger {ledger.path}: {exc}; nothing was sent") from None
+        try:
+            scheduler_id = _send(site_obj, backend, job, token, timeout)
+        except (KeyboardInterrupt, SystemExit):
+            raise  # the row stays `submitting`: `gpuhub status` finds out whether the job arrived
+        except BaseException as exc:
+            scheduler_id = _after_failed_send(site_obj, backend, record, ledger, exc, timeout)
+        out, err = backend.log_paths(scheduler_id, request.name, site_obj.log_dir)
+        try:
+            record = ledger.mark_submitted(record.id, scheduler_id, out, err)
+        except sqlite3.Error as exc:
+            raise GpuhubError(
+                f"job sent to {site_obj.name} as {scheduler_id}, but the ledger {ledger.path} could not record it "
+                f"({exc}); once the ledger is writable, `gpuhub status` adopts it"
+            ) from None
     return Job(record, ledger)
 
 
-def _send(site: Site, backend: Any, job: RenderedJob, token: str, timeout: float) -> str:
+def _one_line(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, GpuhubError) else f"{type(exc).__name__}: {exc}"
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _after_failed_send(site: Site, backend: Backend, record: JobRecord, ledger: Ledger, exc: BaseException,
+                       timeout: float) -> str:
+    """The send raised: adopt the job if it reached the site anyway, else end the row as failed.
+
+    Returns the scheduler id of an adopted job; raises a one-line GpuhubError otherwise.
+    """
+    why = _one_line(exc)
+    if isinstance(exc, RequestError | ConfigError):
+        ledger.mark_failed_submit(record.id, why)  # refused before anything was sent
+        raise GpuhubError(why) from None
+    try:
+        transport = transport_for(site)
+        found = backend.find_by_tokens(transport, [record.token], timeout=timeout).get(record.token)
+        if found is None:
+            backend.abandon(transport, [record.token], timeout=timeout)
+    except Exception as lookup:  # the site cannot be asked: leave the row for `status` to settle
+        ledger.set_reason(record.id, f"submission interrupted: {why}")
+        raise GpuhubError(
+            f"submitting job {record.id} to {site.name} failed: {why}; whether it reached the site is unknown "
+            f"({_one_line(lookup)}): `gpuhub status` will find out"
+        ) from None
+    if found is not None:
+        return found
+    ledger.mark_failed_submit(record.id, why)
+    raise GpuhubError(f"submitting job {record.id} to {site.name} failed: {why}") from None
+
+
+def _send(site: Site, backend: Backend, job: RenderedJob, token: str, timeout: float) -> str:
     try:
         return backend.submit(transport_for(site), job, token, timeout=timeout)
     except _LOST:
         # The submit command may have run before the connection went: look before sending again.
         transport = transport_for(site)
-        found = backend.find_by_token(transport, token, timeout=timeout)
+        found = backend.find_by_tokens(transport, [token], timeout=timeout).get(token)
         if found:
             return found
         return backend.submit(transport, job, token, timeout=timeout)
@@ -109,13 +162,28 @@ def resolve(ref: str | int, ledger: Ledger) -> JobRecord:
 
 
 def refresh(records: Iterable[JobRecord], ledger: Ledger, timeout: float = 60.0) -> tuple[list[JobRecord], list[str]]:
-    """Poll every unfinished job: one scheduler call per site. Returns fresh records and per-site errors."""
-    by_site: dict[str, list[JobRecord]] = defaultdict(list)
+    """Poll every unfinished job: one scheduler call per site. Returns fresh records and per-site errors.
+
+    Rows left ``submitting`` by a submitter that died are settled first (:mod:`gpuhub.inflight`).
+    """
     records = list(records)
+    orphaned: dict[str, list[JobRecord]] = defaultdict(list)
+    for rec in inflight.orphans(records, ledger):
+        orphaned[rec.site].append(rec)
+    errors = []
+    adopted: dict[int, JobRecord] = {}
+    for site_name, recs in orphaned.items():
+        try:
+            site = load_site(site_name)
+            found = inflight.reconcile(site, backend_for(site.scheduler), recs, ledger, timeout)
+            adopted.update((r.id, r) for r in found)
+        except GpuhubError as exc:
+            errors.append(f"{site_name}: {exc.message}")
+    by_site: dict[str, list[JobRecord]] = defaultdict(list)
     for rec in records:
+        rec = adopted.get(rec.id, rec)
         if not rec.state.finished and rec.scheduler_id:
             by_site[rec.site].append(rec)
-    errors = []
     for site_name, recs in by_site.items():
         try:
             site = load_site(site_name)
@@ -140,8 +208,22 @@ def refresh(records: Iterable[JobRecord], ledger: Ledger, timeout: float = 60.0)
 
 
 def cancel(records: Iterable[JobRecord], ledger: Ledger, timeout: float = 60.0) -> None:
+    """Cancel jobs, one scheduler call per site. A row still ``submitting`` is looked for by its token
+    first: a job that reached the site is adopted and cancelled, one that did not never starts."""
+    records = list(records)
+    unsent: dict[str, list[JobRecord]] = defaultdict(list)
+    for rec in records:
+        if rec.state == State.SUBMITTING and rec.scheduler_id is None:
+            unsent[rec.site].append(rec)
+    adopted: dict[int, JobRecord] = {}
+    for site_name, recs in unsent.items():
+        site = load_site(site_name)
+        found = inflight.reconcile(site, backend_for(site.scheduler), recs, ledger, timeout,
+                                   gone_state=State.CANCELLED, gone_reason="cancelled before it reached the site")
+        adopted.update((r.id, r) for r in found)
     by_site: dict[str, list[JobRecord]] = defaultdict(list)
     for rec in records:
+        rec = adopted.get(rec.id, rec)
         if rec.scheduler_id and not rec.state.finished:
             by_site[rec.site].append(rec)
     for site_name, recs in by_site.items():

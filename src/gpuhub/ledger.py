@@ -188,12 +188,22 @@ class Ledger:
             db.execute("INSERT OR IGNORE INTO state_history VALUES (?, ?, ?)", (job_id, State.PENDING.value, now))
         return self.get(job_id)
 
-    def mark_failed_submit(self, job_id: int, reason: str) -> None:
+    def mark_failed_submit(self, job_id: int, reason: str, state: State = State.FAILED) -> None:
+        """End a row that never got a scheduler id (``failed``, or ``cancelled`` before it was sent)."""
+        prefix = "submission failed: " if state == State.FAILED else ""
+        now = time.time()
         with self.transaction() as db:
-            db.execute(
+            cur = db.execute(
                 "UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE id = ? AND scheduler_id IS NULL",
-                (State.FAILED.value, f"submission failed: {reason}"[:500], time.time(), job_id),
+                (state.value, f"{prefix}{reason}"[:500], now, job_id),
             )
+            if cur.rowcount:
+                db.execute("INSERT OR IGNORE INTO state_history VALUES (?, ?, ?)", (job_id, state.value, now))
+
+    def set_reason(self, job_id: int, reason: str) -> None:
+        """Say why a job is where it is without changing its state."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET reason = ?, updated_at = ? WHERE id = ?", (reason[:500], time.time(), job_id))
 
     def update_status(self, updates: Iterable[tuple[int, JobStatus]]) -> None:
         """Store poll results; a finished job never goes back to an unfinished state."""

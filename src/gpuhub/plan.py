@@ -15,7 +15,6 @@ from gpuhub.site import TOKEN_HELP, TOKEN_RE, Partition, Site
 from gpuhub.units import format_memory, format_walltime
 
 DEFAULT_WALLTIME = 3600
-MULTI_NODE_SCHEDULERS = ("slurm",)
 
 
 @dataclass(frozen=True)
@@ -288,18 +287,24 @@ def _account(site: Site, req: JobRequest, part: Partition) -> str | None:
 
 
 def _scheduler_limits(site: Site, req: JobRequest, nodes: int, launcher: str) -> None:
+    """What the site's scheduler cannot do, read from its backend's capabilities."""
+    from gpuhub.backends import backend_for
+
+    can = backend_for(site.scheduler).capabilities
     kind = site.scheduler
-    if launcher == "srun" and kind != "slurm":
+    if launcher not in can.launchers:
         raise RequestError(
-            f"launcher srun needs a Slurm site; {site.name!r} uses {kind}: use --launcher torchrun (single node)"
+            f"launcher {launcher} is not available on site {site.name!r} ({kind}); "
+            f"use one of: {', '.join(can.launchers)}"
+            + (" (srun needs a Slurm site)" if launcher == "srun" else "")
         )
-    if req.requeue and kind != "slurm":
-        raise RequestError(f"--requeue needs a Slurm site; {site.name!r} uses {kind}")
-    if nodes > 1 and kind not in MULTI_NODE_SCHEDULERS:
+    if req.requeue and not can.requeue:
+        raise RequestError(f"--requeue is not available on site {site.name!r} ({kind}): its scheduler cannot requeue")
+    if nodes > 1 and not can.multi_node:
         raise RequestError(
             f"site {site.name!r} ({kind}) runs single-node jobs only; ask for at most one node's GPUs"
         )
-    if req.dependency and kind != "slurm":
-        raise RequestError(f"job dependencies need a Slurm site; {site.name!r} uses {kind}")
-    if req.array and kind not in ("slurm", "htcondor"):
-        raise RequestError(f"job arrays need a Slurm or HTCondor site; {site.name!r} uses {kind}")
+    if req.dependency and not can.dependencies:
+        raise RequestError(f"job dependencies are not available on site {site.name!r} ({kind})")
+    if req.array and not can.arrays:
+        raise RequestError(f"job arrays are not available on site {site.name!r} ({kind})")

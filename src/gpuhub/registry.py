@@ -188,9 +188,25 @@ def build_site(name: str, sources: list[SiteSource]) -> Site:
         )
     merged["name"] = name
     try:
-        return Site.model_validate(merged)
+        site = Site.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, sources)) from None
+    _check_with_backend(site, sources)
+    return site
+
+
+def _check_with_backend(site: Site, sources: list[SiteSource]) -> None:
+    """The scheduler's own rules (a Slurm directive starts with '-'...), as ``file:line: field: message``."""
+    from gpuhub.backends import backend_for
+
+    problems = backend_for(site.scheduler).check_site(site)
+    lines = []
+    for problem in problems:
+        src = _owner(problem.field, sources) if problem.field else sources[-1]
+        where = f"{src.path}:{_line_of(src.path, problem.field)}" if src else f"site {site.name}"
+        lines.append(f"{where}: {'.'.join(problem.field) or '(top level)'}: {problem.message}")
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def load_file(path: Path) -> Site:

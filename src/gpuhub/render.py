@@ -19,7 +19,7 @@ import jinja2
 
 from gpuhub import __version__
 from gpuhub.backends import backend_for
-from gpuhub.backends.common import REQUEUE_SIGNAL, launch
+from gpuhub.backends.common import REQUEUE_SIGNAL
 from gpuhub.errors import ConfigError
 from gpuhub.paths import shipped_dir
 from gpuhub.plan import Allocation
@@ -136,17 +136,17 @@ def render(alloc: Allocation, token: str | None = None) -> RenderedJob:
     }
     ctx["directives"] = [Trusted(d) for d in ctx.get("directives", [])]
     ctx["setup"] = [Trusted(line) for line in ctx.get("setup", [])]
-    prepare, command_line = launch(alloc)  # built from quoted user values: safe to write as is
+    prepare, command_line = backend.launch(alloc)  # built from quoted user values: safe to write as is
     ctx["launch_setup"] = [Trusted(line) for line in prepare]
     ctx["command_line"] = Trusted(command_line)
     ctx["requeue"] = alloc.request.requeue
     ctx["requeue_signal"] = Trusted(REQUEUE_SIGNAL)
     files = {}
-    main = next(iter(backend.FILES))
-    for out_name, template_name in backend.FILES.items():
+    main = next(iter(backend.files))
+    for out_name, template_name in backend.files.items():
         if site.template and out_name == main:
             template_name = site.template
-        shell = not out_name.endswith(".sub")
+        shell = not backend.is_plain(out_name)
         try:
             template = environment(shell).get_template(template_name)
             files[out_name] = template.render(ctx)
@@ -160,7 +160,7 @@ def render(alloc: Allocation, token: str | None = None) -> RenderedJob:
             raise ConfigError(f"template {template_name!r}: {exc.message}") from None
         except jinja2.TemplateError as exc:
             raise ConfigError(f"template {template_name!r}: {exc}") from None
-    return RenderedJob(alloc, files, backend.submit_argv(), backend.STDIN)
+    return RenderedJob(alloc, files, backend.submit_argv(), backend.stdin_file)
 
 
 def template_source(name: str) -> Path | None:

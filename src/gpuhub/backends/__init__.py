@@ -1,17 +1,31 @@
-"""Scheduler backends: each builds its submit files and commands, and parses its outputs.
+"""Scheduler backends: one :class:`~gpuhub.backends.base.Backend` per scheduler name of a site file.
 
-A backend module exposes ``FILES`` (output file name -> template name), ``STDIN`` (the file
-sent on the submit command's standard input, or None), ``context(alloc, token)`` and
-``submit_argv()``. They do no I/O: sending is the transport's business.
+Backends are imported on first use, so ``gpuhub --help`` and the site model load none of them.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import TYPE_CHECKING
 
-_MODULES = {"slurm": "slurm", "htcondor": "htcondor", "ssh": "shell", "local": "shell"}
+if TYPE_CHECKING:
+    from gpuhub.backends.base import Backend
+
+# site `scheduler:` value -> "module:class"
+BACKENDS = {
+    "slurm": "gpuhub.backends.slurm:SlurmBackend",
+    "htcondor": "gpuhub.backends.htcondor:HTCondorBackend",
+    "ssh": "gpuhub.backends.shell:SSHBackend",
+    "local": "gpuhub.backends.shell:LocalBackend",
+}
+
+_INSTANCES: dict[str, Backend] = {}
 
 
-def backend_for(scheduler: str) -> ModuleType:
-    return importlib.import_module(f"gpuhub.backends.{_MODULES[scheduler]}")
+def backend_for(scheduler: str) -> Backend:
+    """The backend of a scheduler name (one shared instance: backends hold no state)."""
+    backend = _INSTANCES.get(scheduler)
+    if backend is None:
+        module, _, cls = BACKENDS[scheduler].partition(":")
+        backend = _INSTANCES[scheduler] = getattr(importlib.import_module(module), cls)()
+    return backend

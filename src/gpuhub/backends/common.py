@@ -63,11 +63,10 @@ def torchrun_args(command: list[str]) -> list[str]:
     return ["--no-python", *command]
 
 
-def launch(alloc: Allocation) -> tuple[list[str], str]:
+def launch(alloc: Allocation, srun: bool) -> tuple[list[str], str]:
     """Shell lines that prepare the launch, and the command line itself (both trusted: built here,
-    every user value quoted)."""
+    every user value quoted). ``srun``: the scheduler starts one torchrun per node with srun."""
     command = user_command(alloc)
-    slurm = alloc.site.scheduler == "slurm"
     nproc = max(alloc.gpus_per_node, 1)
     if alloc.launcher == "none":
         return [], shlex.join(command)
@@ -79,7 +78,7 @@ def launch(alloc: Allocation) -> tuple[list[str], str]:
         prefix = ["srun", "--kill-on-bad-exit=1", "bash", "-c", ranks, "gpuhub-task"]
         return _master_lines(), shlex.join(prefix + command)
     # torchrun
-    if not slurm:
+    if not srun:
         prefix = ["torchrun", "--standalone", f"--nproc-per-node={nproc}"]
         return [], shlex.join(prefix + torchrun_args(command))
     line = (

@@ -25,42 +25,28 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from gpuhub.backends.base import Backend, Capabilities
 from gpuhub.backends.common import job_env, setup_lines
+from gpuhub.backends.shell_scripts import CANCEL, LAUNCHER, MAIN_FILE, POLL, STARTED, STDERR_FILE, STDOUT_FILE
 from gpuhub.errors import GpuhubError
 from gpuhub.states import JobStatus, State
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gpuhub.accounting.collect import Outcome
+    from gpuhub.accounting.store import UsageStore
+    from gpuhub.exporter.readings import SiteReading
     from gpuhub.plan import Allocation
     from gpuhub.render import RenderedJob
+    from gpuhub.site import Site
     from gpuhub.transport.base import Transport
-
-FILES = {"job.sh": "shell.sh.j2"}
-STDIN = None
-
-
-def submit_argv() -> list[str]:
-    return ["bash", "job.sh"]
-
-
-def context(alloc: Allocation, token: str | None) -> dict[str, Any]:
-    env = job_env(alloc)
-    if token:
-        env["GPUHUB_TOKEN"] = token
-    return {"directives": [], "env": env, "setup": setup_lines(alloc), "array_var": None}
-
-
-# --- operations on a live machine (through a transport) -----------------------------------------
 
 JOBS_ROOT = "~/.gpuhub/jobs"
 LOCAL_JOBS_ENV = "GPUHUB_LOCAL_JOBS_DIR"
-MAIN_FILE = "job.sh"
-STDOUT_FILE = "job.out"
-STDERR_FILE = "job.err"
-PENDING_GRACE_MINUTES = 2  # a directory without a pid this young is a job still starting
 
 # A token becomes a directory name: no '/', no leading '.', nothing the shell could mangle.
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -82,232 +68,116 @@ def job_dir(token: str) -> str:
     return f"{jobs_root()}/{_check_id(token)}"
 
 
-# Shell pieces shared by the snippets below (bash; they run on the site).
 
-# "$1" with a leading ~/ made into $HOME/ (the path is passed as an argument, never expanded).
-_ROOT = r"""root=$1
-case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
-"""
+class ShellBackend(Backend):
+    """Jobs as detached processes in their own directory; no queue, so no arrays or dependencies."""
 
-# st PID: sets ST to the start identity of live process PID (empty when gone or a zombie).
-_ST = r"""st() {
-  ST=
-  if [ -r /proc/self/stat ]; then
-    local s
-    { read -r s < "/proc/$1/stat"; } 2>/dev/null || return 1
-    s=${s##*) }
-    set -f; set -- $s; set +f
-    case $1 in Z|X|x) return 1 ;; esac
-    ST=${20}
-  else
-    case $(ps -o stat= -p "$1" 2>/dev/null) in ""|Z*) return 1 ;; esac
-    ST=$(ps -o lstart= -p "$1" 2>/dev/null | tr -d ' ')
-  fi
-  [ -n "$ST" ]
-}
-"""
+    name = "shell"
+    files: ClassVar[dict[str, str]] = {MAIN_FILE: "shell.sh.j2"}
 
-# The detached job ($1 = its directory). It records its own pid ($$ is the session and process
-# group leader after setsid), then runs the script; TERM is trapped here only so that, once the
-# script has died of it, the exit status is still recorded.
-_WRAPPER = (
-    _ST
-    + rf"""cd -- "$1" || exit 1
-trap : TERM
-st $$ || ST=-
-printf '%s %s %s\n' "$$" "$ST" "$(date +%s)" > pid.tmp && mv -f pid.tmp pid
-if [ -e cancelled ]; then
-  rc=143
-else
-  bash {MAIN_FILE} > {STDOUT_FILE} 2> {STDERR_FILE}
-  rc=$?
-fi
-printf '%s %s\n' "$rc" "$(date +%s)" > exitcode.tmp && mv -f exitcode.tmp exitcode
-"""
-)
+    def context(self, alloc: Allocation, token: str | None) -> dict[str, Any]:
+        env = job_env(alloc)
+        if token:
+            env["GPUHUB_TOKEN"] = token
+        return {"directives": [], "env": env, "setup": setup_lines(alloc), "array_var": None}
 
-# Starts the job once ($1 = job directory) and prints its pid.
-LAUNCHER = (
-    _ROOT
-    + rf"""d=$root
-cd -- "$d" 2>/dev/null || {{ echo "gpuhub: no job directory $d" >&2; exit 1; }}
-[ -f {MAIN_FILE} ] || {{ echo "gpuhub: $d/{MAIN_FILE} is missing" >&2; exit 1; }}
-wrapper={shlex.quote(_WRAPPER)}
-if mkdir launch.lock 2>/dev/null; then
-  # setsid -f forks by itself: no '&', so the job does not start with SIGINT ignored
-  if setsid -f true </dev/null >/dev/null 2>&1; then
-    setsid -f nohup bash -c "$wrapper" gpuhub-job "$d" </dev/null >/dev/null 2>&1
-  elif command -v setsid >/dev/null 2>&1; then
-    setsid nohup bash -c "$wrapper" gpuhub-job "$d" </dev/null >/dev/null 2>&1 &
-  elif command -v perl >/dev/null 2>&1; then
-    nohup perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or exit 127' bash -c "$wrapper" gpuhub-job "$d" \
-      </dev/null >/dev/null 2>&1 &
-  else
-    echo "gpuhub: neither setsid nor perl is available to detach the job" >&2; rmdir launch.lock; exit 1
-  fi
-fi
-i=0
-until [ -s pid ]; do
-  i=$((i + 1))
-  [ "$i" -le 200 ] || {{ echo "gpuhub: the job in $d did not start (no pid file after 10 s)" >&2; exit 1; }}
-  sleep 0.05
-done
-read -r p _ < pid
-echo "$p"
-"""
-)
+    def submit_argv(self) -> list[str]:
+        return ["bash", MAIN_FILE]
 
-# One line per id read on stdin: id|word|exit code|start epoch|end epoch ($1 = jobs root).
-POLL = (
-    _ROOT
-    + _ST
-    + rf"""finished() {{
-  [ -r "$d/exitcode" ] || return 1
-  read -r code end < "$d/exitcode"
-  if [ "$code" = 0 ]; then w=completed
-  elif [ -e "$d/cancelled" ]; then w=cancelled
-  else w=failed
-  fi
-}}
-while IFS= read -r id; do
-  [ -n "$id" ] || continue
-  d=$root/$id; w=; code=; end=; p=; t=; start=
-  if [ ! -d "$d" ]; then
-    w=nodir
-  else
-    [ -r "$d/pid" ] && read -r p t start < "$d/pid"
-    if finished; then
-      :
-    elif [ -n "$p" ]; then
-      if st "$p" && {{ [ "$t" = - ] || [ "$ST" = "$t" ]; }}; then w=running
-      elif ! finished; then
-        if [ -e "$d/cancelled" ]; then w=cancelled; else w=lost; fi
-      fi
-    elif [ -e "$d/cancelled" ]; then
-      w=cancelled
-    elif [ -n "$(find "$d/{MAIN_FILE}" -mmin -{PENDING_GRACE_MINUTES} 2>/dev/null)" ]; then
-      w=pending
-    else
-      w=nostart
-    fi
-  fi
-  printf '%s|%s|%s|%s|%s\n' "$id" "$w" "$code" "$start" "$end"
-done
-"""
-)
+    def submit(self, transport: Transport, job: RenderedJob, token: str, timeout: float = 60.0) -> str:
+        """Write the job's files into its directory and start it detached; the token is its id.
 
-# Cancels the ids read on stdin ($1 = jobs root): TERM to each live job's process group, KILL to
-# the groups still there after 5 s, then up to 3 s more for the killed processes to be gone.
-CANCEL = (
-    _ROOT
-    + _ST
-    + r"""groups=
-while IFS= read -r id; do
-  [ -n "$id" ] || continue
-  d=$root/$id
-  [ -d "$d" ] || continue
-  [ -e "$d/exitcode" ] || : > "$d/cancelled"
-  [ -r "$d/pid" ] || continue
-  read -r p t _ < "$d/pid"
-  if st "$p" && { [ "$t" = - ] || [ "$ST" = "$t" ]; }; then
-    kill -TERM -- "-$p" 2>/dev/null && groups="$groups $p"
-  fi
-done
-# settle N: wait up to N tenths of a second for the groups to have no live process left.
-settle() {
-  local i=0 left p alive=
-  while [ -n "$groups" ] && [ "$i" -lt "$1" ]; do
-    if command -v ps >/dev/null 2>&1; then
-      alive=" $(ps -A -o pgid= -o stat= 2>/dev/null | awk '$2 !~ /^Z/ { printf "%s ", $1 }')"
-    fi
-    left=
-    for p in $groups; do
-      if [ -n "$alive" ]; then
-        case $alive in *" $p "*) left="$left $p" ;; esac
-      elif kill -0 -- "-$p" 2>/dev/null; then
-        left="$left $p"
-      fi
-    done
-    groups=$left
-    [ -n "$groups" ] || break
-    sleep 0.1
-    i=$((i + 1))
-  done
-}
-settle 50
-for p in $groups; do kill -KILL -- "-$p" 2>/dev/null; done
-settle 30
-exit 0
-"""
-)
+        Submitting the same token again does not start a second copy.
+        """
+        directory = job_dir(token)
+        if job.main_file != MAIN_FILE:
+            raise GpuhubError(f"a shell job's main file must be {MAIN_FILE!r}, not {job.main_file!r}")
+        for name, text in job.files.items():
+            transport.put_text(f"{directory}/{name}", text, 0o755 if name == MAIN_FILE else 0o644)
+        result = transport.run(["bash", "-c", LAUNCHER, "gpuhub-launch", directory], timeout=timeout)
+        self.parse_submit(result.stdout, directory)
+        return token
 
-# find_by_token: prints "started" when the job's pid file exists ($1 = job directory).
-_STARTED = (
-    _ROOT
-    + r"""[ -s "$root/pid" ] && echo started
-exit 0
-"""
-)
+    def parse_submit(self, stdout: str, directory: str = "the job directory") -> str:
+        """The launcher prints the job's pid last."""
+        lines = stdout.strip().splitlines()
+        if not lines or not lines[-1].strip().isdigit():
+            raise GpuhubError(f"starting the job in {directory} answered {stdout.strip()!r}, not a pid")
+        return lines[-1].strip()
+
+    def find_by_tokens(self, transport: Transport, tokens: list[str], timeout: float = 60.0) -> dict[str, str]:
+        """The tokens whose job has started (its directory has a pid file); a token is its job's id."""
+        if not tokens:
+            return {}
+        result = transport.run(
+            ["bash", "-c", STARTED, "gpuhub-find", jobs_root()], stdin=_ids(tokens), timeout=timeout
+        )
+        started = set(result.stdout.split())
+        return {t: t for t in tokens if t in started}
+
+    def abandon(self, transport: Transport, tokens: list[str], timeout: float = 60.0) -> None:
+        """Leave the ``cancelled`` mark in each directory: a launch still in flight then never runs the job."""
+        self.cancel(transport, tokens, timeout)
+
+    def poll(
+        self, transport: Transport, ids: list[str], timeout: float = 60.0, tasks: dict[str, int] | None = None
+    ) -> dict[str, JobStatus]:
+        """Status of every id (UNKNOWN for one that has no directory), in one command."""
+        if not ids:
+            return {}
+        result = transport.run(["bash", "-c", POLL, "gpuhub-poll", jobs_root()], stdin=_ids(ids), timeout=timeout)
+        found = parse_poll(result.stdout)
+        return {i: found.get(i, JobStatus(State.UNKNOWN, reason="no answer from the status check")) for i in ids}
+
+    def cancel(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
+        """Stop the jobs (their whole process groups): TERM, then KILL after 5 s; one command."""
+        if ids:
+            transport.run(["bash", "-c", CANCEL, "gpuhub-cancel", jobs_root()], stdin=_ids(ids), timeout=timeout)
+
+    def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
+        """Standard output and error files of a job; they live in its directory (``log_dir`` is not used).
+
+        Under the default root they are relative to the home directory (``.gpuhub/jobs/ID/job.out``),
+        like Slurm's log paths: that is where commands start over SSH, and what SFTP paths are
+        relative to, so ``cat``/``tail`` and ``get_text`` all read them without any ``~`` expansion.
+        """
+        directory = job_dir(scheduler_id)
+        if directory.startswith("~/"):
+            directory = directory[2:]
+        return f"{directory}/{STDOUT_FILE}", f"{directory}/{STDERR_FILE}"
+
+    def collect_usage(
+        self, store: UsageStore, site: Site, start: str, end: str, chunk: int, out: Outcome,
+        progress: Callable[[str], None],
+    ) -> None:
+        from gpuhub.accounting.ledger_usage import collect_ledger
+
+        collect_ledger(store, site, start, end, out, progress)
+
+    def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:
+        from gpuhub.exporter import nvidia
+
+        return nvidia.read(transport, deadline, site.connection.host if site.connection else "localhost")
 
 
-def submit(transport: Transport, job: RenderedJob, token: str, timeout: float = 60.0) -> str:
-    """Write the job's files into its directory and start it detached; the token is its id.
+class LocalBackend(ShellBackend):
+    """This machine."""
 
-    Submitting the same token again does not start a second copy.
-    """
-    directory = job_dir(token)
-    if job.main_file != MAIN_FILE:
-        raise GpuhubError(f"a shell job's main file must be {MAIN_FILE!r}, not {job.main_file!r}")
-    for name, text in job.files.items():
-        transport.put_text(f"{directory}/{name}", text, 0o755 if name == MAIN_FILE else 0o644)
-    result = transport.run(["bash", "-c", LAUNCHER, "gpuhub-launch", directory], timeout=timeout)
-    lines = result.stdout.strip().splitlines()
-    if not lines or not lines[-1].strip().isdigit():
-        raise GpuhubError(f"starting the job in {directory} answered {result.stdout.strip()!r}, not a pid")
-    return token
+    name = "local"
+    capabilities = Capabilities(connection="none")
 
 
-def find_by_token(transport: Transport, token: str, timeout: float = 60.0) -> str | None:
-    """The id of the job already started with this token (its directory has a pid file), else None."""
-    result = transport.run(["bash", "-c", _STARTED, "gpuhub-find", job_dir(token)], timeout=timeout)
-    return token if result.stdout.strip() == "started" else None
+class SSHBackend(ShellBackend):
+    """A machine reached over SSH (a lab GPU server)."""
+
+    name = "ssh"
+    capabilities = Capabilities(connection="required")
 
 
-def poll(
-    transport: Transport, ids: list[str], timeout: float = 60.0, tasks: dict[str, int] | None = None
-) -> dict[str, JobStatus]:
-    """Status of every id (UNKNOWN for one that has no directory), in one command."""
-    if not ids:
-        return {}
+def _ids(ids: list[str]) -> str:
     for i in ids:
         _check_id(i)
-    result = transport.run(
-        ["bash", "-c", POLL, "gpuhub-poll", jobs_root()], stdin="\n".join(ids) + "\n", timeout=timeout
-    )
-    found = parse_poll(result.stdout)
-    return {i: found.get(i, JobStatus(State.UNKNOWN, reason="no answer from the status check")) for i in ids}
-
-
-def cancel(transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
-    """Stop the jobs (their whole process groups): TERM, then KILL after 5 s; one command."""
-    if not ids:
-        return
-    for i in ids:
-        _check_id(i)
-    transport.run(["bash", "-c", CANCEL, "gpuhub-cancel", jobs_root()], stdin="\n".join(ids) + "\n", timeout=timeout)
-
-
-def log_paths(scheduler_id: str, job_name: str, log_dir: str) -> tuple[str, str]:
-    """Standard output and error files of a job; they live in its directory (``log_dir`` is not used).
-
-    Under the default root they are relative to the home directory (``.gpuhub/jobs/ID/job.out``),
-    like Slurm's log paths: that is where commands start over SSH, and what SFTP paths are
-    relative to, so ``cat``/``tail`` and ``get_text`` all read them without any ``~`` expansion.
-    """
-    directory = job_dir(scheduler_id)
-    if directory.startswith("~/"):
-        directory = directory[2:]
-    return f"{directory}/{STDOUT_FILE}", f"{directory}/{STDERR_FILE}"
+    return "\n".join(ids) + "\n"
 
 
 def _epoch(text: str) -> float | None:

@@ -1,41 +1,44 @@
-"""Slurm: an sbatch script whose ``#SBATCH`` lines come in a fixed order, sent on stdin."""
+"""Slurm: an sbatch script whose ``#SBATCH`` lines come in a fixed order, sent on stdin; ``squeue``
+and ``sacct`` to follow it, ``scancel``, ``sacct`` for usage and ``sinfo``/``squeue`` for live GPUs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from gpuhub.backends.common import REQUEUE_SIGNAL, job_env, requeue_lead, safe_job_name, setup_lines
+from gpuhub.backends.base import Backend, Capabilities, SiteProblem
+from gpuhub.backends.common import REQUEUE_SIGNAL, job_env, launch, requeue_lead, safe_job_name, setup_lines
 from gpuhub.backends.slurm_parse import SACCT_FIELDS, SQUEUE_FORMAT, parse_sacct, parse_squeue, parse_submit
 from gpuhub.errors import RequestError
 from gpuhub.states import JobStatus, State
 from gpuhub.units import format_memory, format_walltime
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gpuhub.accounting.collect import Outcome
+    from gpuhub.accounting.store import UsageStore
+    from gpuhub.exporter.readings import SiteReading
     from gpuhub.plan import Allocation
     from gpuhub.render import RenderedJob
     from gpuhub.site import Site
     from gpuhub.transport.base import Transport
 
-FILES = {"job.sbatch": "slurm.sbatch.j2"}
-STDIN = "job.sbatch"
 
-
-def submit_argv() -> list[str]:
-    # The script goes on stdin: nothing is left behind on either side.
-    return ["sbatch", "--parsable"]
-
-
-def check_site(site: Site) -> None:
-    """Slurm-specific checks of a site file (called by the site model)."""
-    for where, directives in [("directives", site.directives)] + [
-        (f"partitions.{k}.directives", p.directives) for k, p in site.partitions.items()
+def check_site(site: Site) -> list[SiteProblem]:
+    """Slurm-specific checks of a site file."""
+    problems = []
+    for where, directives in [(("directives",), site.directives)] + [
+        (("partitions", k, "directives"), p.directives) for k, p in site.partitions.items()
     ]:
-        for d in directives:
+        for i, d in enumerate(directives):
             if not d.startswith("-"):
-                raise ValueError(f"{where}: Slurm directive {d!r} must start with '-' (e.g. '--hint=nomultithread')")
+                problems.append(SiteProblem(
+                    (*where, str(i)), f"Slurm directive {d!r} must start with '-' (e.g. '--hint=nomultithread')"))
     for key, part in site.partitions.items():
         if part.constraint and any(c.isspace() for c in part.constraint):
-            raise ValueError(f"partitions.{key}.constraint: a Slurm constraint has no blanks ({part.constraint!r})")
+            problems.append(SiteProblem(
+                ("partitions", key, "constraint"), f"a Slurm constraint has no blanks ({part.constraint!r})"))
+    return problems
 
 
 def directives(alloc: Allocation, token: str | None) -> list[str]:
@@ -95,56 +98,112 @@ def context(alloc: Allocation, token: str | None) -> dict[str, Any]:
     }
 
 
-# --- operations on a live cluster (through a transport) -----------------------------------------
-
 _ARRAY_WORST = [State.FAILED, State.TIMEOUT, State.PREEMPTED, State.CANCELLED]
 
 
-def submit(transport: Transport, job: RenderedJob, token: str, timeout: float = 60.0) -> str:
-    """Send the script on stdin to ``sbatch --parsable``; the log directory is made first."""
-    transport.ensure_dir(job.allocation.site.log_dir, timeout=timeout)
-    result = transport.run(job.submit_argv, stdin=job.files[job.stdin_file or job.main_file], timeout=timeout)
-    return parse_submit(result.stdout)
+class SlurmBackend(Backend):
+    name = "slurm"
+    capabilities = Capabilities(
+        multi_node=True, arrays=True, dependencies=True, requeue=True, launchers=("none", "torchrun", "srun")
+    )
+    files: ClassVar[dict[str, str]] = {"job.sbatch": "slurm.sbatch.j2"}
+    stdin_file = "job.sbatch"  # the script goes on stdin: nothing is left behind on either side
 
+    def check_site(self, site: Site) -> list[SiteProblem]:
+        return super().check_site(site) + check_site(site)
 
-def find_by_token(transport: Transport, token: str, timeout: float = 60.0) -> str | None:
-    """The job already submitted with this token, if any (its comment is ``gpuhub:TOKEN``)."""
-    result = transport.run(["squeue", "-h", "--me", "-o", SQUEUE_FORMAT], timeout=timeout)
-    for job_id, (_, comment) in parse_squeue(result.stdout).items():
-        if comment == f"gpuhub:{token}":
-            return job_id.split("_", 1)[0]
-    return None
+    def context(self, alloc: Allocation, token: str | None) -> dict[str, Any]:
+        return {
+            "directives": directives(alloc, token),
+            "env": job_env(alloc),
+            "setup": setup_lines(alloc),
+            "array_var": "SLURM_ARRAY_TASK_ID" if alloc.request.array else None,
+        }
 
+    def submit_argv(self) -> list[str]:
+        return ["sbatch", "--parsable"]
 
-def poll(
-    transport: Transport, ids: list[str], timeout: float = 60.0, tasks: dict[str, int] | None = None
-) -> dict[str, JobStatus]:
-    """Status of many jobs: one ``squeue`` for live ones, one ``sacct`` for the rest.
+    def launch(self, alloc: Allocation) -> tuple[list[str], str]:
+        return launch(alloc, srun=True)
 
-    ``tasks`` gives the size of array jobs, so an array is never called finished while
-    some of its tasks are not yet in the accounting records.
-    """
-    wanted = set(ids)
-    live = parse_squeue(transport.run(["squeue", "-h", "--me", "-r", "-o", SQUEUE_FORMAT], timeout=timeout).stdout)
-    by_base: dict[str, list[JobStatus]] = {}
-    for job_id, (status, _) in live.items():
-        base = job_id.split("_", 1)[0]
-        if base in wanted:
-            by_base.setdefault(base, []).append(status)
-    missing = sorted(wanted - by_base.keys(), key=int)
-    if missing:
-        result = transport.run(
-            ["sacct", "-X", "-P", "-n", "-j", ",".join(missing), f"--format={SACCT_FIELDS}"],
-            timeout=timeout,
-            check=False,
-        )
-        if result.ok:
-            for job_id, status in parse_sacct(result.stdout).items():
-                base = job_id.split("_", 1)[0]
-                if base in wanted and base in missing:
-                    by_base.setdefault(base, []).append(status)
-    tasks = tasks or {}
-    return {base: _combine(statuses, tasks.get(base, 1)) for base, statuses in by_base.items()}
+    # --- operations on a live cluster (through a transport) -------------------------------------
+
+    def submit(self, transport: Transport, job: RenderedJob, token: str, timeout: float = 60.0) -> str:
+        """Send the script on stdin to ``sbatch --parsable``; the log directory is made first."""
+        transport.ensure_dir(job.allocation.site.log_dir, timeout=timeout)
+        result = transport.run(job.submit_argv, stdin=job.files[job.stdin_file or job.main_file], timeout=timeout)
+        return self.parse_submit(result.stdout)
+
+    def parse_submit(self, stdout: str) -> str:
+        return parse_submit(stdout)
+
+    def find_by_tokens(self, transport: Transport, tokens: list[str], timeout: float = 60.0) -> dict[str, str]:
+        """The jobs submitted with these tokens (their comment is ``gpuhub:TOKEN``).
+
+        ``--states=all`` also shows jobs that ended less than MinJobAge (300 s by default) ago.
+        """
+        if not tokens:
+            return {}
+        wanted = {f"gpuhub:{t}": t for t in tokens}
+        result = transport.run(["squeue", "-h", "--me", "--states=all", "-o", SQUEUE_FORMAT], timeout=timeout)
+        found = {}
+        for job_id, (_, comment) in parse_squeue(result.stdout).items():
+            if comment in wanted:
+                found[wanted[comment]] = job_id.split("_", 1)[0]
+        return found
+
+    def poll(
+        self, transport: Transport, ids: list[str], timeout: float = 60.0, tasks: dict[str, int] | None = None
+    ) -> dict[str, JobStatus]:
+        """One ``squeue`` for live jobs, one ``sacct`` for the rest.
+
+        ``tasks`` gives the size of array jobs, so an array is never called finished while
+        some of its tasks are not yet in the accounting records.
+        """
+        wanted = set(ids)
+        argv = ["squeue", "-h", "--me", "-r", "-o", SQUEUE_FORMAT]
+        live = parse_squeue(transport.run(argv, timeout=timeout).stdout)
+        by_base: dict[str, list[JobStatus]] = {}
+        for job_id, (status, _) in live.items():
+            base = job_id.split("_", 1)[0]
+            if base in wanted:
+                by_base.setdefault(base, []).append(status)
+        missing = sorted(wanted - by_base.keys(), key=int)
+        if missing:
+            result = transport.run(
+                ["sacct", "-X", "-P", "-n", "-j", ",".join(missing), f"--format={SACCT_FIELDS}"],
+                timeout=timeout,
+                check=False,
+            )
+            if result.ok:
+                for job_id, status in parse_sacct(result.stdout).items():
+                    base = job_id.split("_", 1)[0]
+                    if base in wanted and base in missing:
+                        by_base.setdefault(base, []).append(status)
+        tasks = tasks or {}
+        return {base: _combine(statuses, tasks.get(base, 1)) for base, statuses in by_base.items()}
+
+    def cancel(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
+        transport.run(["scancel", *ids], timeout=timeout)
+
+    def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
+        stem = f"{log_dir}/{safe_job_name(job_name)}-{scheduler_id}" + (f"_{task}" if task is not None else "")
+        return f"{stem}.out", f"{stem}.err"
+
+    # --- accounting and live GPUs ----------------------------------------------------------
+
+    def collect_usage(
+        self, store: UsageStore, site: Site, start: str, end: str, chunk: int, out: Outcome,
+        progress: Callable[[str], None],
+    ) -> None:
+        from gpuhub.accounting.sacct_collect import collect_sacct
+
+        collect_sacct(store, site, start, end, chunk, out, progress)
+
+    def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:
+        from gpuhub.exporter import slurm as probe
+
+        return probe.read(transport, deadline)
 
 
 def _combine(statuses: list[JobStatus], expected: int = 1) -> JobStatus:
@@ -172,12 +231,3 @@ def _combine(statuses: list[JobStatus], expected: int = 1) -> JobStatus:
     ends = [s.end for s in statuses if s.end]
     return JobStatus(state=state, reason=summary, start=min(starts) if starts else None,
                      end=max(ends) if ends and state.finished else None)
-
-
-def cancel(transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
-    transport.run(["scancel", *ids], timeout=timeout)
-
-
-def log_paths(scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
-    stem = f"{log_dir}/{safe_job_name(job_name)}-{scheduler_id}" + (f"_{task}" if task is not None else "")
-    return f"{stem}.out", f"{stem}.err"

@@ -146,8 +146,8 @@ def build_request(opts: dict[str, Any]) -> Any:
     if "directives" in fields:
         fields["directives"] = list(fields["directives"])
     script = fields.pop("script", None)
-    if opts.get("site_scheduler") == "local" and "workdir" not in fields:
-        fields["workdir"] = os.getcwd()  # on this machine, run where the user stands
+    if opts.get("site_here") and "workdir" not in fields:
+        fields["workdir"] = os.getcwd()  # a site without a connection runs here: run where the user stands
     if script is not None:
         try:
             fields["script"] = Path(script).read_text(encoding="utf-8")
@@ -183,7 +183,7 @@ def prepare(opts: dict[str, Any], token: str | None = None) -> Any:
     from gpuhub.render import render as render_job
 
     site = load_site(opts["site"])
-    request = build_request({**opts, "site_scheduler": site.scheduler})
+    request = build_request({**opts, "site_here": site.connection is None})
     return render_job(plan(site, request), token=token)
 
 
@@ -261,7 +261,7 @@ def _staged(opts: dict[str, Any], local_dir: Path, send: bool) -> dict[str, Any]
     from gpuhub.staging import remote_dir_for, stage
 
     site = load_site(opts["site"])
-    if site.scheduler == "local":
+    if site.connection is None:  # the job runs on this machine: nothing to upload
         remote = str(local_dir.resolve())
     elif send:
         from gpuhub.transport import transport_for
@@ -314,7 +314,7 @@ def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts:
     from gpuhub.registry import load_site
 
     site = load_site(opts["site"])
-    request = build_request({**opts, "site_scheduler": site.scheduler})
+    request = build_request({**opts, "site_here": site.connection is None})
     ledger = _ledger()
     job = jobs_api.submit(request, site=site, ledger=ledger)
     rec = job.record

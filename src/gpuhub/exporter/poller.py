@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpuhub import __version__
-from gpuhub.exporter import htcondor, nvidia, slurm
 from gpuhub.exporter.readings import SiteReading
 from gpuhub.exporter.samples import GpuModels, Samples, site_samples
 from gpuhub.exporter.usage import read_ledger
@@ -65,12 +64,11 @@ class Store:
 
 
 def reader_for(site: Site) -> Reader:
-    if site.scheduler == "slurm":
-        return slurm.read
-    if site.scheduler == "htcondor":
-        return htcondor.read
-    node = site.connection.host if site.connection else "localhost"
-    return lambda transport, deadline: nvidia.read(transport, deadline, node)
+    """The live GPU probe of the site's backend."""
+    from gpuhub.backends import backend_for
+
+    backend = backend_for(site.scheduler)
+    return lambda transport, deadline: backend.read_gpus(site, transport, deadline)
 
 
 def _default_transport(site: Site) -> Transport:
