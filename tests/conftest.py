@@ -96,3 +96,23 @@ def pg_url() -> str:
     except Exception as exc:  # not installed, not running
         (pytest.fail if required else pytest.skip)(f"PostgreSQL for tests not reachable: {exc}")
     return url
+
+
+OAR_ENV = Path(os.environ.get("GPUHUB_TEST_OAR_ENV", "/var/lib/gpuhub-testbed/oar.env"))
+
+
+@pytest.fixture(scope="session")
+def oar_testbed(testbed: dict[str, str]) -> dict[str, str]:
+    """Facts about the running OAR (scripts/testbed/oar.sh); skip, or fail in CI, without it."""
+    fail = pytest.fail if os.environ.get("GPUHUB_TESTBED") == "require" else pytest.skip
+    if not OAR_ENV.is_file():
+        fail(f"OAR testbed not started ({OAR_ENV} missing): run scripts/testbed/oar.sh")
+    probe = subprocess.run(["oarstat", "-J", "-j", "1"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        fail(f"OAR testbed not answering: {probe.stderr.strip() or probe.stdout.strip()}")
+    pid_file = Path("/run/oar-server.pid")
+    pid = pid_file.read_text().strip() if pid_file.is_file() else ""
+    comm = Path(f"/proc/{pid}/comm")
+    if not (pid.isdigit() and comm.is_file() and comm.read_text().strip() == "Almighty"):
+        fail("OAR server (Almighty) not running: run scripts/testbed/oar.sh")
+    return {**testbed, **_read_env(OAR_ENV)}
