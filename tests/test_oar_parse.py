@@ -146,3 +146,13 @@ def test_not_json_is_one_clear_error():
         parse_oarstat("Cannot connect to the database\n")
     with pytest.raises(GpuhubError, match="object of objects"):
         parse_oarstat("[1, 2]")
+
+
+def test_busy_resources_and_what_queued_jobs_ask():
+    resources = parse_oarnodes(read("oarnodes_busy.json"))
+    assert sorted(r.resource_id for r in resources.values() if r.busy) == [1, 2]
+    assert not any(r.drain for r in resources.values())
+    queue = parse_oarstat(read("oarstat_queue.json"))
+    assert sorted(j.state for j in queue.values()) == ["Running", "Waiting"]
+    waiting = next(j for j in queue.values() if j.state == "Waiting")
+    assert "network_address=2/gpu=4" in waiting.wanted and waiting.submitted

@@ -52,6 +52,8 @@ rec oarstat_running.json oarstat -fJ -j "$first"
 rec oarstat_waiting.json oarstat -fJ -j "$second"
 rec oarstat_not_full.json oarstat -J -j "$first"
 rec oarstat_two.json oarstat -fJ -j "$first" -j "$second"
+rec oarstat_queue.json oarstat -fJ          # every current job, as the exporter reads the queue
+rec oarnodes_busy.json oarnodes -J          # resources of running jobs carry "jobs"
 wait_state "$first" Terminated Error
 wait_state "$second" Terminated Error
 rec oarstat_terminated.json oarstat -fJ -j "$first" -j "$second"

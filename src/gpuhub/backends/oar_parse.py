@@ -94,6 +94,9 @@ class OarJob:
     workdir: str
     resubmit_of: str | None  # the job this one was resubmitted from (idempotent jobs)
     message: str
+    command: str  # what OAR runs: the script path for `oarsub -S`
+    submitted: int | None
+    wanted: str  # the resources asked: -l "{type = 'default'}/network_address=1/gpu=2,walltime=..."
 
     @property
     def status(self) -> JobStatus:
@@ -135,6 +138,9 @@ def _job(key: str, raw: dict[str, Any]) -> OarJob:
         workdir=text("launchingDirectory"),
         resubmit_of=str(resubmit) if resubmit else None,
         message=text("message"),
+        command=text("command"),
+        submitted=_epoch(raw.get("submissionTime")),
+        wanted=text("wanted_resources"),
     )
 
 
@@ -194,6 +200,8 @@ class Resource:
     state: str  # Alive, Absent, Suspected, Dead
     gpu: str | None  # value of the site's GPU property (a GPU id unique in the cluster)
     model: str | None
+    busy: bool = False  # a job holds it
+    drain: bool = False  # no new job may start on it
 
 
 def parse_oarnodes(stdout: str, gpu_property: str = "gpu", model_property: str = "gpumodel") -> dict[int, Resource]:
@@ -209,6 +217,8 @@ def parse_oarnodes(stdout: str, gpu_property: str = "gpu", model_property: str =
             state=str(raw.get("state") or ""),
             gpu=None if gpu in (None, "", 0) else str(gpu),
             model=None if model in (None, "") else str(model),
+            busy=bool(str(raw.get("jobs") or "").strip()),
+            drain=str(raw.get("drain") or "NO").upper() == "YES",
         )
     return out
 
