@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gpuhub.limits import MAX_MEMORY_MIB, MAX_WALLTIME
 from gpuhub.units import format_memory, format_walltime, parse_memory, parse_walltime
 
 
@@ -33,9 +34,21 @@ def test_walltime_rejects(bad):
         parse_walltime(bad)
 
 
-@given(st.integers(min_value=1, max_value=400 * 86400))
+@given(st.integers(min_value=1, max_value=MAX_WALLTIME))
 def test_walltime_round_trip(seconds):
     assert parse_walltime(format_walltime(seconds)) == seconds
+
+
+@pytest.mark.parametrize("value", [MAX_WALLTIME // 60 + 1, "367d", "9" * 400, "9" * 5000 + "h", "1" * 13 + "-00:00:00"])
+def test_walltime_has_an_upper_bound(value):
+    with pytest.raises(ValueError, match="limit of 366 days"):
+        parse_walltime(value)
+
+
+@pytest.mark.parametrize("value", ["65T", "9" * 400, "99999999T", "1e400"])
+def test_memory_has_an_upper_bound(value):
+    with pytest.raises(ValueError, match="memory"):
+        parse_memory(value)
 
 
 def test_walltime_format_is_slurm_canonical():
@@ -57,6 +70,6 @@ def test_memory_rejects(bad):
         parse_memory(bad)
 
 
-@given(st.integers(min_value=1, max_value=1 << 30))
+@given(st.integers(min_value=1, max_value=MAX_MEMORY_MIB))
 def test_memory_round_trip(mib):
     assert parse_memory(format_memory(mib)) == mib

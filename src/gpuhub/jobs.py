@@ -150,7 +150,7 @@ def resolve(ref: str | int, ledger: Ledger) -> JobRecord:
         if not newest:
             raise GpuhubError("no job recorded yet, so there is no `last` job")
         return newest[0]
-    if text.isdigit():
+    if text.isascii() and text.isdigit() and len(text) <= 18:
         return ledger.get(int(text))
     site, sep, scheduler_id = text.partition(":")
     if not sep or not site or not scheduler_id:

@@ -18,11 +18,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gpuhub.errors import ConfigError
+from gpuhub import yaml_limits
+from gpuhub.errors import ConfigError, shown
 from gpuhub.paths import shipped_dir, system_sites_dir, user_sites_dir
 from gpuhub.site import Site
 
 SUFFIXES = (".yaml", ".yml")
+MAX_PROBLEMS = 50  # problems of one site file reported
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", mark
+                None, None, f"duplicate key {shown(key)} (first at line {seen[key] + 1})", mark
             )
         seen[key] = key_node.start_mark.line
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
@@ -108,14 +110,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
+        yaml_limits.check(text, path)
         data = yaml.load(text, Loader=_Loader)
+    except yaml_limits.YamlLimitError as exc:
+        where = f"{path}:{exc.mark.line + 1}:{exc.mark.column + 1}" if exc.mark else str(path)
+        raise ConfigError(f"{where}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = " ".join((exc.problem or exc.context or "invalid YAML").split())[:200]
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: invalid YAML: {shown(str(exc), 200)}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # a value the constructor cannot build
+        raise ConfigError(f"{path}: unreadable value: {shown(str(exc))}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -138,8 +146,16 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SITE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)
+
+
 def site_sources(name: str) -> list[SiteSource]:
     """Every file that contributes to site ``name``, lowest layer first."""
+    if not SITE_NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"site {shown(name)}: a site name is 1 to 64 lower-case letters, digits, '-' or '_' "
+            "(see `gpuhub sites list`)"
+        )
     found = []
     for layer in layers():
         for suffix in SUFFIXES:
@@ -154,6 +170,17 @@ def site_names() -> list[str]:
     for layer in layers():
         names.update(p.stem for p in _site_files(layer.path))
     return sorted(names)
+
+
+class SiteError(ConfigError):
+    """A site file breaks its schema: the first problem (commands that use the site print one
+    line); ``problems`` has them all, for `gpuhub sites validate`."""
+
+    def __init__(self, problems: list[str], total: int) -> None:
+        more = total - 1
+        hint = f" (and {more} more problem{'s' * (more > 1)}: `gpuhub sites validate` lists them)" if more else ""
+        super().__init__(problems[0] + hint)
+        self.problems = problems
 
 
 def load_site(name: str) -> Site:
@@ -190,7 +217,7 @@ def build_site(name: str, sources: list[SiteSource]) -> Site:
     try:
         site = Site.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, sources)) from None
+        raise SiteError(format_validation_error(exc, sources).splitlines(), exc.error_count()) from None
     _check_with_backend(site, sources)
     return site
 
@@ -206,7 +233,7 @@ def _check_with_backend(site: Site, sources: list[SiteSource]) -> None:
         where = f"{src.path}:{_line_of(src.path, problem.field)}" if src else f"site {site.name}"
         lines.append(f"{where}: {'.'.join(problem.field) or '(top level)'}: {problem.message}")
     if lines:
-        raise ConfigError("\n".join(lines))
+        raise SiteError(lines, len(lines))
 
 
 def load_file(path: Path) -> Site:
@@ -224,28 +251,32 @@ def list_sites() -> list[Site]:
 def format_validation_error(exc: ValidationError, sources: list[SiteSource]) -> str:
     """One line per problem: ``file:line: field.path: what is wrong (allowed: ...)``."""
     lines = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    if len(errors) > MAX_PROBLEMS:  # each line reads the file again to find its line number
+        lines.append(f"... and {len(errors) - MAX_PROBLEMS} more problems")
+        errors = errors[:MAX_PROBLEMS]
+    for err in errors:
         loc = tuple(str(p) for p in err["loc"])
         src = _owner(loc, sources)
         where = f"{src.path}:{_line_of(src.path, loc)}" if src else f"site {sources[-1].path.stem}"
         field = ".".join(loc) or "(top level)"
         lines.append(f"{where}: {field}: {_describe(err, loc)}")
-    return "\n".join(lines)
+    return "\n".join(lines[1:] + lines[:1] if len(lines) > MAX_PROBLEMS else lines)
 
 
 def _describe(err: dict[str, Any], loc: tuple[str, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
-        return f"unknown key {loc[-1]!r}; allowed keys: {', '.join(allowed)}"
+        return f"unknown key {shown(loc[-1])}; allowed keys: {', '.join(allowed)}"
     if kind == "missing":
         return "required key is missing"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     given = err.get("input")
-    if not isinstance(given, dict | list) and repr(given) not in msg:
-        msg = f"{msg} (got {given!r})"
+    if not isinstance(given, dict | list) and shown(given) not in msg:
+        msg = f"{msg} (got {shown(given)})"
     return msg
 
 

@@ -2,10 +2,12 @@
 
 Pure: the same call serves ``gpuhub render`` / ``submit --dry-run`` and ``submit``.
 
-Templates are Jinja2 with ``StrictUndefined``. Quoting is on by default: in a shell template
-every ``{{ value }}`` is shell-quoted unless the code marked it :class:`Trusted` (admin-written
-setup lines, gpuhub-built directives). In an HTCondor submit description, where shell quoting
-means nothing, only numbers, plain tokens and trusted text may be written at all.
+Templates are untrusted data: they render in :mod:`gpuhub.sandbox` (no Python reachable, bounded
+loops, size and time), shipped templates included, with ``StrictUndefined``.
+Quoting is on by default: in a shell template every ``{{ value }}`` is shell-quoted unless the
+code marked it :class:`Trusted` (admin-written setup lines, gpuhub-built directives). In an HTCondor
+submit description, where shell quoting means nothing, only numbers, plain tokens and trusted text
+may be written at all.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import jinja2
 from gpuhub import __version__
 from gpuhub.backends import backend_for
 from gpuhub.backends.common import REQUEUE_SIGNAL
-from gpuhub.errors import ConfigError
+from gpuhub.errors import ConfigError, shown
 from gpuhub.paths import shipped_dir
 from gpuhub.plan import Allocation
+from gpuhub.sandbox import UNTRUSTED_ERRORS, SafeEnvironment, describe, render_bounded
 from gpuhub.site import TOKEN_RE
 
 
@@ -62,7 +65,7 @@ def _shell_finalize(value: Any) -> str:
     if isinstance(value, Trusted):
         return value
     if value is None or isinstance(value, dict | list | tuple):
-        raise jinja2.TemplateError(f"template tried to write {type(value).__name__} {value!r} into a script")
+        raise jinja2.TemplateError(f"template tried to write {type(value).__name__} {shown(value)} into a script")
     return shlex.quote(str(value))
 
 
@@ -71,7 +74,7 @@ def _plain_finalize(value: Any) -> str:
         return str(value)
     if isinstance(value, str) and TOKEN_RE.fullmatch(value):
         return value
-    raise jinja2.TemplateError(f"refusing to write {value!r} into a submit description: not a plain token")
+    raise jinja2.TemplateError(f"refusing to write {shown(value)} into a submit description: not a plain token")
 
 
 def _argv(args: list[str]) -> Trusted:
@@ -88,7 +91,7 @@ def _path(value: str) -> Trusted:
 
 
 def _env_for(shell: bool, search_path: tuple[str, ...]) -> jinja2.Environment:
-    env = jinja2.Environment(
+    env = SafeEnvironment(
         loader=jinja2.FileSystemLoader(list(search_path)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -149,17 +152,19 @@ def render(alloc: Allocation, token: str | None = None) -> RenderedJob:
         shell = not backend.is_plain(out_name)
         try:
             template = environment(shell).get_template(template_name)
-            files[out_name] = template.render(ctx)
+            files[out_name] = render_bounded(template, ctx)
         except jinja2.TemplateNotFound as exc:
+            via = f" (included by {template_name!r})" if exc.name != template_name else ""
             raise ConfigError(
-                f"site {site.name!r}: template {exc.name!r} not found in {', '.join(_template_path())}"
+                f"site {site.name!r}: template {shown(exc.name)}{via} not found in {', '.join(_template_path())}"
             ) from None
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(f"{exc.filename or template_name}:{exc.lineno}: template error: {exc.message}") from None
         except jinja2.UndefinedError as exc:
             raise ConfigError(f"template {template_name!r}: {exc.message}") from None
-        except jinja2.TemplateError as exc:
-            raise ConfigError(f"template {template_name!r}: {exc}") from None
+        except (jinja2.TemplateError, *UNTRUSTED_ERRORS) as exc:
+            where = template_source(template_name) or template_name
+            raise ConfigError(f"template {where}: {describe(exc)}") from None
     return RenderedJob(alloc, files, backend.submit_argv(), backend.stdin_file)
 
 

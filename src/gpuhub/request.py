@@ -7,11 +7,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from gpuhub.errors import shown
+from gpuhub.limits import MAX_ARRAY_INDEX, MAX_ARRAY_TASKS, MAX_CPUS, MAX_GPUS, MAX_GPUS_PER_NODE, MAX_NAME, MAX_NODES
 from gpuhub.site import Directive, EnvVars, Memory, Token, Walltime
 
-ARRAY_RE = re.compile(r"^\d+(?:-\d+)?(?::\d+)?(?:,\d+(?:-\d+)?(?::\d+)?)*(?:%\d+)?$")
+ARRAY_RE = re.compile(r"^\d+(?:-\d+)?(?::\d+)?(?:,\d+(?:-\d+)?(?::\d+)?)*(?:%\d+)?$", re.ASCII)
 DEPENDENCY_RE = re.compile(
-    r"^(?:(?:after|afterany|afterok|afternotok|aftercorr):\d+(?:_\d+)?(?::\d+(?:_\d+)?)*|singleton)$"
+    r"^(?:(?:after|afterany|afterok|afternotok|aftercorr):\d+(?:_\d+)?(?::\d+(?:_\d+)?)*|singleton)$", re.ASCII
 )
 
 
@@ -38,13 +40,13 @@ class JobRequest(BaseModel):
 
     command: list[Text] = Field(default_factory=list, description="program and arguments, run as given")
     script: Text | None = Field(None, description="shell script text run with bash instead of a command")
-    name: Text = "gpuhub"
-    gpus: int | None = Field(None, ge=0, description="total GPUs")
-    nodes: int | None = Field(None, ge=1)
-    gpus_per_node: int | None = Field(None, ge=0)
-    gpu_type: str | None = Field(None, description="GPU model or class (a100, v100, any...)")
+    name: Text = Field("gpuhub", max_length=MAX_NAME)
+    gpus: int | None = Field(None, ge=0, le=MAX_GPUS, description="total GPUs")
+    nodes: int | None = Field(None, ge=1, le=MAX_NODES)
+    gpus_per_node: int | None = Field(None, ge=0, le=MAX_GPUS_PER_NODE)
+    gpu_type: str | None = Field(None, max_length=MAX_NAME, description="GPU model or class (a100, v100, any...)")
     gpu_mem: Memory | None = Field(None, description="least memory of each GPU")
-    cpus_per_gpu: int | None = Field(None, ge=1)
+    cpus_per_gpu: int | None = Field(None, ge=1, le=MAX_CPUS)
     mem: Memory | None = Field(None, description="memory per node")
     time: Walltime | None = None
     launcher: Launcher | None = Field(None, description=LAUNCHER_HELP + "; default: the site's, else none")
@@ -57,15 +59,17 @@ class JobRequest(BaseModel):
     dependency: str | None = Field(None, description="afterok:123[:456], afterany:..., singleton")
     project: Token | None = None
     account: Token | None = None
-    partition: str | None = None
+    partition: str | None = Field(None, max_length=MAX_NAME)
     qos: Token | None = None
     directives: list[Directive] = Field(default_factory=list, description="extra scheduler options")
 
     @field_validator("array")
     @classmethod
     def _array(cls, value: str | None) -> str | None:
-        if value is not None and not ARRAY_RE.fullmatch(value):
-            raise ValueError(f"array {value!r} is not understood; examples: 0-49, 0-999%20, 1,3,5-7")
+        if value is not None:
+            if not ARRAY_RE.fullmatch(value):
+                raise ValueError(f"array {shown(value)} is not understood; examples: 0-49, 0-999%20, 1,3,5-7")
+            array_size(value)  # bounds and order of every range
         return value
 
     @field_validator("dependency")
@@ -77,7 +81,7 @@ class JobRequest(BaseModel):
         for part in parts:
             if not DEPENDENCY_RE.fullmatch(part):
                 raise ValueError(
-                    f"dependency {value!r} is not understood; examples: afterok:123, afterany:12:13, singleton"
+                    f"dependency {shown(value)} is not understood; examples: afterok:123, afterany:12:13, singleton"
                 )
         return value
 
@@ -85,6 +89,11 @@ class JobRequest(BaseModel):
     def _shape(self) -> JobRequest:
         if bool(self.command) == (self.script is not None):
             raise ValueError("give either a command (after --) or a script, not both and not neither")
+        if self.gpu_type is not None and 0 in (self.gpus, self.gpus_per_node):
+            raise ValueError(
+                f"gpus=0 contradicts gpu_type={shown(self.gpu_type)}: a GPU type needs at least one GPU "
+                "(drop the GPU type for a CPU-only job)"
+            )
         shape = (self.gpus, self.nodes, self.gpus_per_node)
         if None not in shape and self.gpus != self.nodes * self.gpus_per_node:  # type: ignore[operator]
             raise ValueError(
@@ -94,12 +103,26 @@ class JobRequest(BaseModel):
 
 
 def array_size(spec: str) -> int:
-    """Number of tasks an array spec expands to (``0-49%5`` -> 50)."""
-    body = spec.split("%", 1)[0]
+    """Number of tasks an array spec expands to (``0-49%5`` -> 50); ValueError when out of bounds."""
+    body, _, throttle = spec.partition("%")
+    if throttle and not 1 <= _index(throttle, spec) <= MAX_ARRAY_TASKS:
+        raise ValueError(f"array {shown(spec)}: the limit after '%' must be 1 to {MAX_ARRAY_TASKS}")
     total = 0
     for chunk in body.split(","):
         rng, _, step = chunk.partition(":")
         lo, _, hi = rng.partition("-")
-        start, stop = int(lo), int(hi or lo)
-        total += len(range(start, stop + 1, int(step or 1)))
+        start, stop, stride = _index(lo, spec), _index(hi or lo, spec), _index(step or "1", spec)
+        if stride < 1:
+            raise ValueError(f"array {shown(spec)}: the step after ':' must be at least 1")
+        if start > stop:
+            raise ValueError(f"array {shown(spec)}: range {start}-{stop} runs backwards; write {stop}-{start}")
+        total += len(range(start, stop + 1, stride))
+    if total > MAX_ARRAY_TASKS:
+        raise ValueError(f"array {shown(spec)} has {total} tasks; at most {MAX_ARRAY_TASKS}")
     return total
+
+
+def _index(text: str, spec: str) -> int:
+    if len(text) > 12 or int(text) > MAX_ARRAY_INDEX:
+        raise ValueError(f"array {shown(spec)}: indices go from 0 to {MAX_ARRAY_INDEX}")
+    return int(text)

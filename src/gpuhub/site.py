@@ -22,6 +22,16 @@ from pydantic import (
     model_validator,
 )
 
+from gpuhub.errors import shown
+from gpuhub.limits import (
+    MAX_CPUS,
+    MAX_GPU_MEMORY_GB,
+    MAX_GPUS_PER_NODE,
+    MAX_NODES,
+    MAX_NORMALIZATION,
+    MAX_SITE_NAME,
+    MAX_TIMEOUT,
+)
 from gpuhub.units import (
     MEMORY_HELP,
     WALLTIME_HELP,
@@ -51,7 +61,7 @@ Memory = Annotated[
 
 def _check_token(value: str) -> str:
     if not isinstance(value, str) or not TOKEN_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not allowed here; use {TOKEN_HELP}")
+        raise ValueError(f"{shown(value)} is not allowed here; use {TOKEN_HELP}")
     return value
 
 
@@ -64,7 +74,7 @@ def _check_directive(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("a directive is a string such as '--hint=nomultithread'")
     if not value.strip() or value != value.strip() or any(c in value for c in "\n\r\0"):
-        raise ValueError(f"directive {value!r} must be one non-empty line with no surrounding blanks")
+        raise ValueError(f"directive {shown(value)} must be one non-empty line with no surrounding blanks")
     return value
 
 
@@ -84,7 +94,7 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _check_env(value: dict[str, str]) -> dict[str, str]:
     for key, val in value.items():
         if not ENV_NAME_RE.fullmatch(key):
-            raise ValueError(f"environment variable name {key!r} is invalid; use [A-Za-z_][A-Za-z0-9_]*")
+            raise ValueError(f"environment variable name {shown(key)} is invalid; use [A-Za-z_][A-Za-z0-9_]*")
         if not isinstance(val, str) or "\0" in val:
             raise ValueError(f"environment variable {key}: value must be a string without NUL bytes")
     return value
@@ -94,7 +104,8 @@ EnvVars = Annotated[dict[str, str], AfterValidator(_check_env)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # No NaN or infinity anywhere: a `.nan` weight or timeout is always a mistake.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class QoS(Strict):
@@ -117,14 +128,16 @@ class Partition(Strict):
     constraint: str | None = Field(
         None, description="Slurm --constraint expression, or HTCondor requirements expression"
     )
-    gpu_memory_gb: float | None = Field(None, gt=0)
-    gpus_per_node: int = Field(..., ge=0, description="GPUs in one node (0 for a CPU-only partition)")
-    cpus_per_gpu: int | None = Field(None, ge=1, description="CPU cores that go with each GPU")
-    cpus_per_node: int | None = Field(None, ge=1)
+    gpu_memory_gb: float | None = Field(None, gt=0, le=MAX_GPU_MEMORY_GB)
+    gpus_per_node: int = Field(
+        ..., ge=0, le=MAX_GPUS_PER_NODE, description="GPUs in one node (0 for a CPU-only partition)"
+    )
+    cpus_per_gpu: int | None = Field(None, ge=1, le=MAX_CPUS, description="CPU cores that go with each GPU")
+    cpus_per_node: int | None = Field(None, ge=1, le=MAX_CPUS)
     memory_per_node: Memory | None = None
     max_walltime: Walltime | None = None
     default_walltime: Walltime | None = None
-    max_nodes: int | None = Field(None, ge=1)
+    max_nodes: int | None = Field(None, ge=1, le=MAX_NODES)
     exclusive: bool = Field(False, description="the partition hands out whole nodes")
     qos: list[QoS] = Field(default_factory=list, description="QoS chosen by walltime, smallest first")
     directives: list[Directive] = Field(default_factory=list)
@@ -157,8 +170,8 @@ class Connection(Strict):
     identity_file: str | None = None
     known_hosts: str | None = Field(None, description="known_hosts file to verify the host key against")
     proxy_jump: str | None = Field(None, description="jump host, as ssh -J: [user@]host[:port][,...]")
-    keepalive_interval: int = Field(30, ge=0, description="seconds between keepalives (0 = off)")
-    connect_timeout: float = Field(20.0, gt=0)
+    keepalive_interval: int = Field(30, ge=0, le=int(MAX_TIMEOUT), description="seconds between keepalives (0 = off)")
+    connect_timeout: float = Field(20.0, gt=0, le=MAX_TIMEOUT)
     host_key_fingerprints: dict[str, str] = Field(
         default_factory=dict, description="published SHA256 fingerprints, by key type (for `sites trust`)"
     )
@@ -168,7 +181,7 @@ class Connection(Strict):
     @classmethod
     def _no_blanks(cls, value: str | None) -> str | None:
         if value is not None and (not value or any(c.isspace() for c in value)):
-            raise ValueError(f"{value!r} must be a non-empty word without blanks")
+            raise ValueError(f"{shown(value)} must be a non-empty word without blanks")
         return value
 
 
@@ -191,7 +204,7 @@ class Account(Strict):
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
         except ValueError as exc:
-            raise ValueError(f"account format {value!r}: {exc}") from None
+            raise ValueError(f"account format {shown(value)}: {exc}") from None
         unknown = [f for f in fields if f not in ACCOUNT_FIELDS]
         if unknown:
             raise ValueError(f"account format uses {unknown}; allowed fields: {', '.join(ACCOUNT_FIELDS)}")
@@ -216,15 +229,18 @@ class Defaults(Strict):
     qos: Token | None = None
     time: Walltime | None = None
     gpu_type: str | None = None
-    cpus_per_gpu: int | None = Field(None, ge=1)
+    cpus_per_gpu: int | None = Field(None, ge=1, le=MAX_CPUS)
     mem: Memory | None = None
     launcher: Literal["none", "torchrun", "srun"] | None = None
 
 
 def _check_factors(value: dict[str, float]) -> dict[str, float]:
     for model, factor in value.items():
-        if factor <= 0:
-            raise ValueError(f"normalization factor for {model!r} must be positive, got {factor}")
+        if not 0 < factor <= MAX_NORMALIZATION:  # also false for NaN
+            raise ValueError(
+                f"normalization factor for {shown(model)} must be a number above 0 and at most "
+                f"{MAX_NORMALIZATION:g}, got {shown(factor)}"
+            )
     return value
 
 
@@ -246,7 +262,7 @@ Scheduler = Literal["slurm", "htcondor", "ssh", "local"]
 class Site(Strict):
     """A place jobs run: a Slurm or HTCondor cluster, a lab GPU server, or this machine."""
 
-    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=MAX_SITE_NAME)
     description: str = ""
     scheduler: Scheduler
     connection: Connection | None = None
@@ -276,6 +292,17 @@ class Site(Strict):
     def _log_dir(cls, value: str) -> str:
         if not value or any(c in value for c in "\n\r\0 %") or value.startswith("~"):
             raise ValueError("log_dir must be a path without blanks, '%' or '~' (use a relative path)")
+        if ".." in value.split("/"):
+            raise ValueError("log_dir must not climb out with '..'; give a path below the submit directory")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value or value.startswith("/") or ".." in value.split("/") or any(c in value for c in "\n\r\0\\")
+        ):
+            raise ValueError("template must be a file name next to the site file (no '/' at the start, no '..')")
         return value
 
     @model_validator(mode="after")
@@ -284,14 +311,14 @@ class Site(Strict):
         # `check_site`, run by the registry after this model is built.
         if self.default_partition is not None and self.default_partition not in self.partitions:
             raise ValueError(
-                f"default_partition {self.default_partition!r} is not one of: {', '.join(self.partitions)}"
+                f"default_partition {shown(self.default_partition)} is not one of: {', '.join(self.partitions)}"
             )
         for key in self.partitions:
             if not TOKEN_RE.fullmatch(key):
-                raise ValueError(f"partition key {key!r}: use {TOKEN_HELP}")
+                raise ValueError(f"partition key {shown(key)}: use {TOKEN_HELP}")
         for path in self.unverified:
             if _lookup(self, path) is _MISSING:
-                raise ValueError(f"unverified entry {path!r} names no field of this site")
+                raise ValueError(f"unverified entry {shown(path)} names no field of this site")
         return self
 
     def partition_key(self) -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
+
+from gpuhub.errors import shown
+from gpuhub.limits import MAX_MEMORY_MIB, MAX_WALLTIME
 
 _SUFFIX_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s)?", re.IGNORECASE)
 
@@ -10,6 +14,14 @@ WALLTIME_HELP = "HH:MM:SS, D-HH:MM:SS, MM (minutes, as Slurm), or 90m / 2h / 1d1
 
 
 def parse_walltime(value: str | int) -> int:
+    """Seconds of a walltime (see :func:`_walltime`), at most :data:`MAX_WALLTIME`."""
+    seconds = _walltime(value)
+    if seconds > MAX_WALLTIME:
+        raise ValueError(f"walltime {shown(value)} is over the limit of {MAX_WALLTIME // 86400} days")
+    return seconds
+
+
+def _walltime(value: str | int) -> int:
     """Return seconds for a walltime.
 
     Accepts every form ``sbatch --time`` accepts (``M``, ``M:S``, ``H:M:S``, ``D-H``,
@@ -17,17 +29,19 @@ def parse_walltime(value: str | int) -> int:
     A bare integer is minutes, as in Slurm.
     """
     if isinstance(value, bool):
-        raise ValueError(f"walltime {value!r}: expected {WALLTIME_HELP}")
+        raise ValueError(f"walltime {shown(value)}: expected {WALLTIME_HELP}")
     if isinstance(value, int):
         if value <= 0:
-            raise ValueError(f"walltime {value!r} must be positive")
+            raise ValueError(f"walltime {shown(value)} must be positive")
         return value * 60
     text = str(value).strip()
+    if re.search(r"\d{13,}", text):  # more digits than any walltime has; int() of 5000 digits fails
+        raise ValueError(f"walltime {shown(value)} is over the limit of {MAX_WALLTIME // 86400} days")
     seconds = _parse_text(text)
     if seconds is None:
-        raise ValueError(f"walltime {value!r} is not understood; expected {WALLTIME_HELP}")
+        raise ValueError(f"walltime {shown(value)} is not understood; expected {WALLTIME_HELP}")
     if seconds <= 0:
-        raise ValueError(f"walltime {value!r} must be positive")
+        raise ValueError(f"walltime {shown(value)} must be positive")
     return seconds
 
 
@@ -87,19 +101,32 @@ MEMORY_HELP = "a size such as 500M, 32G, 1.5T (binary units; a bare number is Mi
 
 
 def parse_memory(value: str | int) -> int:
-    """Return MiB. ``32G`` = ``32GB`` = ``32GiB`` = 32768; a bare number is MiB (Slurm's default)."""
+    """Return MiB. ``32G`` = ``32GB`` = ``32GiB`` = 32768; a bare number is MiB (Slurm's default).
+
+    At most :data:`MAX_MEMORY_MIB` (64 TiB)."""
+    mib = _memory(value)
+    if mib > MAX_MEMORY_MIB:
+        raise ValueError(f"memory {shown(value)} is over the limit of {format_memory(MAX_MEMORY_MIB)}")
+    return mib
+
+
+def _memory(value: str | int) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"memory {value!r}: expected {MEMORY_HELP}")
+        raise ValueError(f"memory {shown(value)}: expected {MEMORY_HELP}")
     if isinstance(value, int):
         if value <= 0:
-            raise ValueError(f"memory {value!r} must be positive")
+            raise ValueError(f"memory {shown(value)} must be positive")
         return value
     match = _MEM_RE.fullmatch(str(value).strip())
     if not match:
-        raise ValueError(f"memory {value!r} is not understood; expected {MEMORY_HELP}")
+        raise ValueError(f"memory {shown(value)} is not understood; expected {MEMORY_HELP}")
+    if len(match.group(1)) > 20:
+        raise ValueError(f"memory {shown(value)} is over the limit of {format_memory(MAX_MEMORY_MIB)}")
     mib = float(match.group(1)) * _MEM_FACTOR[match.group(2).lower()]
+    if not math.isfinite(mib) or mib > MAX_MEMORY_MIB:
+        raise ValueError(f"memory {shown(value)} is over the limit of {format_memory(MAX_MEMORY_MIB)}")
     if mib < 1:
-        raise ValueError(f"memory {value!r} is below 1 MiB")
+        raise ValueError(f"memory {shown(value)} is below 1 MiB")
     return round(mib)
 
 

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from typing import Any
 
 import click
 
@@ -33,6 +36,33 @@ class LazyGroup(click.Group):
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, cmd_name)
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Every error is one line on stderr: usage errors name the option and point at --help,
+        and an unexpected exception is reported, not dumped (GPUHUB_DEBUG=1 shows the traceback)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            click.echo(f"Error: {_one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("GPUHUB_DEBUG"):
+                raise
+            click.echo(f"Error: internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
+                       "(GPUHUB_DEBUG=1 shows where; please report it)", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
         with formatter.section("Commands"):
@@ -50,3 +80,10 @@ def main() -> None:
       gpuhub sites show jean-zay
       gpuhub render --site jean-zay --project abc --gpu-type a100 --gpus 8 --time 10h -- python train.py
     """
+
+
+def _one_line(message: str) -> str:
+    """Multi-line messages (several site-file problems) stay as they are; control characters do not."""
+    from gpuhub.cli.output import printable
+
+    return "\n".join(printable(line) for line in message.splitlines())

@@ -11,7 +11,9 @@ import click
 
 from gpuhub import registry
 from gpuhub.cli.output import note
+from gpuhub.cli.params import BoundedFloat
 from gpuhub.errors import ConfigError, GpuhubError
+from gpuhub.limits import MAX_INTERVAL, MAX_TIMEOUT
 from gpuhub.site import Site
 
 
@@ -46,14 +48,14 @@ def _select(names: str | None) -> list[Site]:
     "--interval",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=0.1),
+    type=BoundedFloat(0.1, MAX_INTERVAL),
     help="Seconds between polls of a site.",
 )
 @click.option(
     "--timeout",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(min=0.1),
+    type=BoundedFloat(0.1, MAX_TIMEOUT),
     help="Seconds a poll may take before the site counts as down.",
 )
 @click.option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,9 @@ import click
 from pydantic import ValidationError
 
 from gpuhub.cli.output import complete_site, emit_json, note
-from gpuhub.errors import RequestError
+from gpuhub.cli.params import BoundedFloat, JobRef
+from gpuhub.errors import RequestError, shown
+from gpuhub.limits import MAX_CPUS, MAX_GPUS, MAX_GPUS_PER_NODE, MAX_INTERVAL, MAX_LIST_LIMIT, MAX_NODES
 
 DEFAULT_SITE = "local"
 
@@ -58,11 +61,13 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--site", "-s", envvar="GPUHUB_SITE", default=DEFAULT_SITE, show_default=True,
                      shell_complete=complete_site, help="Site to run on (env GPUHUB_SITE)."),
         click.option("--name", "-J", help="Job name."),
-        click.option("--gpus", "-G", type=click.IntRange(min=0), help="Total GPUs (spread over nodes if needed)."),
-        click.option("--nodes", "-N", type=click.IntRange(min=1), help="Number of nodes."),
-        click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs on each node."),
+        click.option("--gpus", "-G", type=click.IntRange(0, MAX_GPUS),
+                     help="Total GPUs (spread over nodes if needed)."),
+        click.option("--nodes", "-N", type=click.IntRange(1, MAX_NODES), help="Number of nodes."),
+        click.option("--gpus-per-node", type=click.IntRange(0, MAX_GPUS_PER_NODE), help="GPUs on each node."),
         click.option("--gpu-type", help="GPU model (a100, h100, v100...) or partition key."),
-        click.option("--cpus-per-gpu", type=click.IntRange(min=1), help="CPU cores per GPU (site default otherwise)."),
+        click.option("--cpus-per-gpu", type=click.IntRange(1, MAX_CPUS),
+                     help="CPU cores per GPU (site default otherwise)."),
         click.option("--mem", help="Memory per node: 64G, 500M."),
         click.option("--time", "-t", help="Walltime: 2h, 90m, 1d12h, HH:MM:SS, D-HH:MM:SS."),
         click.option("--env", "-e", multiple=True, callback=_env_pair, metavar="KEY=VALUE",
@@ -70,7 +75,7 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--workdir", "-C", help="Directory the command runs in, on the site (~/ allowed)."),
         click.option("--array", help="Job array indices: 0-49, 0-999%20 (at most 20 at once), 1,3,5."),
         click.option("--dependency", "-d", help="Run after other jobs: afterok:123, afterany:12:13."),
-        click.option("--after", "after", multiple=True, metavar="JOB",
+        click.option("--after", "after", multiple=True, metavar="JOB", type=JobRef(),
                      help="Start once JOB has completed successfully (gpuhub id, SITE:ID or last; repeatable)."),
         click.option("--project", "-P", help="Project; the site turns it into an account (jean-zay: abc -> abc@a100)."),
         click.option("--account", "-A", help="Scheduler account, verbatim (overrides --project)."),
@@ -170,9 +175,11 @@ def _request_error(exc: ValidationError) -> str:
         if option == "--env" and len(loc) > 1:
             option = f"--env {loc[1]}"
         msg = err["msg"].removeprefix("Value error, ")
+        if not loc:  # a rule across fields: name them as options (gpus=0 -> --gpus 0)
+            msg = re.sub(r"\b([a-z_]+)=", lambda m: f"{OPTION_OF[m[1]]} " if m[1] in OPTION_OF else m[0], msg)
         value = err.get("input")
-        shown = f" (got {value!r})" if loc and not isinstance(value, dict | list) and repr(value) not in msg else ""
-        parts.append(f"{option}: {msg}{shown}" if loc else msg)
+        got = f" (got {shown(value)})" if loc and not isinstance(value, dict | list) and shown(value) not in msg else ""
+        parts.append(f"{option}: {msg}{got}" if loc else msg)
     return "; ".join(parts)
 
 
@@ -206,12 +213,7 @@ def render(as_json: bool, output_dir: Path | None, **opts: Any) -> None:
     """
     job = prepare(opts)
     if output_dir:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in job.files.items():
-            target = output_dir / name
-            tmp = target.with_suffix(target.suffix + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)  # never leave a half-written script behind
+        _write_files(output_dir, job.files)
     if as_json:
         emit_json(job.to_dict())
         return
@@ -232,6 +234,19 @@ def render(as_json: bool, output_dir: Path | None, **opts: Any) -> None:
     if used_unverified:
         note(f"gpuhub: unverified site values in play: {', '.join(used_unverified)}")
     note(f"gpuhub: submit command ({where}): {job.submit_command()}")
+
+
+def _write_files(output_dir: Path, files: dict[str, str]) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            target = output_dir / name
+            tmp = target.with_suffix(target.suffix + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)  # never leave a half-written script behind
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write into {output_dir}: {exc.strerror or exc}",
+                                 param_hint="--output-dir") from None
 
 
 # --- commands that send and follow jobs --------------------------------------------------------
@@ -333,9 +348,10 @@ def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("refs", nargs=-1, metavar="[JOB]...")
+@click.argument("refs", nargs=-1, metavar="[JOB]...", type=JobRef())
 @click.option("--watch", "-W", is_flag=True, help="Refresh until every job has ended (Ctrl-C to stop).")
-@click.option("--interval", default=5.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option("--interval", default=5.0, show_default=True, type=BoundedFloat(0.1, MAX_INTERVAL),
+              help="Seconds between refreshes with --watch.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(refs: tuple[str, ...], watch: bool, interval: float, as_json: bool) -> None:
     """Ask the sites for the state of jobs (one scheduler call per site).
@@ -376,7 +392,8 @@ def status(refs: tuple[str, ...], watch: bool, interval: float, as_json: bool) -
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--site", "-s", shell_complete=complete_site, help="Only jobs of this site.")
 @click.option("--active", is_flag=True, help="Only unfinished jobs.")
-@click.option("--limit", "-n", default=50, show_default=True, help="Most recent N jobs (0 = all).")
+@click.option("--limit", "-n", default=50, show_default=True, type=click.IntRange(0, MAX_LIST_LIMIT),
+              help="Most recent N jobs (0 = all).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def jobs(site: str | None, active: bool, limit: int, as_json: bool) -> None:
     """List recorded jobs, newest first, as last seen (no site is contacted).
@@ -397,7 +414,7 @@ def jobs(site: str | None, active: bool, limit: int, as_json: bool) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("ref", metavar="JOB")
+@click.argument("ref", metavar="JOB", type=JobRef())
 @click.option("--follow", "-f", is_flag=True, help="Keep printing as the log grows (Ctrl-C to stop).")
 @click.option("--stderr", "-e", "use_stderr", is_flag=True, help="The error log instead of the output log.")
 def logs(ref: str, follow: bool, use_stderr: bool) -> None:
@@ -427,7 +444,7 @@ def logs(ref: str, follow: bool, use_stderr: bool) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("refs", nargs=-1, required=True, metavar="JOB...")
+@click.argument("refs", nargs=-1, required=True, metavar="JOB...", type=JobRef())
 def cancel(refs: tuple[str, ...]) -> None:
     """Cancel jobs (one scheduler call per site).
 

@@ -27,14 +27,14 @@ def sites() -> None:
     """
 
 
-def _load_all() -> tuple[list[tuple[Site, list[registry.SiteSource]]], list[str]]:
+def _load_all() -> tuple[list[tuple[Site, list[registry.SiteSource]]], list[ConfigError]]:
     good, bad = [], []
     for name in registry.site_names():
         try:
             sources = registry.site_sources(name)
             good.append((registry.build_site(name, sources), sources))
         except ConfigError as exc:
-            bad.append(exc.message)
+            bad.append(exc)
     return good, bad
 
 
@@ -74,8 +74,8 @@ def list_cmd(as_json: bool) -> None:
             for s, srcs in good
         ]
         click.echo(table(["site", "scheduler", "host", "gpus", "from", "description"], rows))
-    for message in bad:
-        note(f"gpuhub: invalid site file: {message}")
+    for exc in bad:
+        note(f"gpuhub: invalid site file: {exc.message}")
     if bad:
         sys.exit(2)
 
@@ -186,8 +186,9 @@ def validate_cmd(paths: tuple[Path, ...]) -> None:
         good, bad = _load_all()
         for site, srcs in good:
             click.echo(f"ok  {site.name}  ({', '.join(str(s.path) for s in srcs)})")
-        for message in bad:
-            click.echo(f"gpuhub: {message}", err=True)
+        for exc in bad:
+            for line in _problems(exc):
+                click.echo(f"gpuhub: {line}", err=True)
         checked, errors = len(good) + len(bad), len(bad)
     for path in _expand(paths):
         checked += 1
@@ -196,11 +197,18 @@ def validate_cmd(paths: tuple[Path, ...]) -> None:
             click.echo(f"ok  {site.name}  ({path})")
         except ConfigError as exc:
             errors += 1
-            click.echo(f"gpuhub: {exc.message}", err=True)
+            for line in _problems(exc):
+                click.echo(f"gpuhub: {line}", err=True)
     if checked == 0:
         raise click.UsageError("no site files found to validate")
     if errors:
         sys.exit(2)
+
+
+def _problems(exc: ConfigError, most: int = 50) -> list[str]:
+    problems = getattr(exc, "problems", None) or [exc.message]
+    more = len(problems) - most
+    return problems[:most] + ([f"... and {more} more"] if more > 0 else [])
 
 
 def _expand(paths: tuple[Path, ...]) -> list[Path]:

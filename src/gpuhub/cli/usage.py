@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from gpuhub.cli.output import complete_site, note
+from gpuhub.limits import MAX_LIST_LIMIT
 
 _DATE_RE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?)?$")
 DATE_HELP = "UTC date: YYYY-MM, YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
@@ -193,7 +194,8 @@ def collect(sites: tuple[str, ...], all_sites: bool, since: str | None, until: s
 @click.option("--account", "accounts", multiple=True, metavar="NAME", help="Only these accounts (repeatable).")
 @click.option("--normalized", is_flag=True,
               help="Weight GPU hours by the site's accounting.normalization factor of each GPU model.")
-@click.option("--top", type=click.IntRange(min=1), help="Only the N largest rows (per month when grouped by month).")
+@click.option("--top", type=click.IntRange(1, MAX_LIST_LIMIT),
+              help="Only the N largest rows (per month when grouped by month).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown", "html"]), default="table",
               show_default=True, help="Output format; html is one self-contained file with charts.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file.")
