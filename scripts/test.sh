@@ -11,6 +11,7 @@ bash scripts/testbed/job-python.sh   # PyTorch for the DDP jobs, readable by the
 bash scripts/testbed/prometheus.sh install   # the real Prometheus (and promtool) the exporter tests start
 bash scripts/testbed/postgres.sh             # PostgreSQL, the team store of the accounting tests
 bash scripts/testbed/oar.sh                  # a real OAR 2.5.9 (server, node sshd, two GPU hosts)
+bash scripts/testbed/htcondor.sh             # fake condor_* commands (HTCondor daemons cannot be installed here)
 python3 -m ruff check src tests benchmarks examples
 # The testbed is required here: a test needing it fails rather than skips.
 GPUHUB_TESTBED=require python3 -m pytest "$@"

@@ -75,6 +75,15 @@ def testbed2(testbed: dict[str, str]) -> dict[str, str]:
     return _read_env(TESTBED2_ENV)
 
 
+def connection_yaml(testbed: dict[str, str]) -> str:
+    """The ``connection:`` block of a site reached through the testbed's sshd."""
+    return (
+        f"connection:\n  host: {testbed['TESTBED_SSH_HOST']}\n  port: {testbed['TESTBED_SSH_PORT']}\n"
+        f"  user: {testbed['TESTBED_SSH_USER']}\n  identity_file: {testbed['TESTBED_SSH_KEY']}\n"
+        f"  known_hosts: {testbed['TESTBED_KNOWN_HOSTS']}\n"
+    )
+
+
 PG_ENV = Path(os.environ.get("GPUHUB_TEST_PG_ENV", "/var/lib/gpuhub-testbed/postgres.env"))
 
 
@@ -116,3 +125,18 @@ def oar_testbed(testbed: dict[str, str]) -> dict[str, str]:
     if not (pid.isdigit() and comm.is_file() and comm.read_text().strip() == "Almighty"):
         fail("OAR server (Almighty) not running: run scripts/testbed/oar.sh")
     return {**testbed, **_read_env(OAR_ENV)}
+
+
+CONDOR_ENV = Path(os.environ.get("GPUHUB_TEST_CONDOR_ENV", "/var/lib/gpuhub-testbed/htcondor.env"))
+
+
+@pytest.fixture(scope="session")
+def condor_testbed(testbed: dict[str, str]) -> dict[str, str]:
+    """The fake condor_* commands of scripts/testbed/htcondor.sh; skip (or fail in CI) without them."""
+    required = os.environ.get("GPUHUB_TESTBED") == "require"
+    if not CONDOR_ENV.is_file() or not Path("/usr/local/bin/condor_q").is_file():
+        message = f"fake HTCondor not installed ({CONDOR_ENV} missing): run scripts/testbed/htcondor.sh"
+        if required:
+            pytest.fail(message)
+        pytest.skip(message)
+    return {**testbed, **_read_env(CONDOR_ENV)}

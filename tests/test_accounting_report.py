@@ -147,10 +147,25 @@ def test_collect_needs_sites_the_first_time(tmp_path, monkeypatch):
     assert out.exit_code == 2 and "--site NAME" in out.output
 
 
-def test_htcondor_is_not_collected_yet(db):
-    out = cli("collect", "--site", "htcondor-example")
+def test_accounting_source_ledger_is_honoured(db, tmp_path, monkeypatch):
+    """A Slurm site whose accounting.source is `ledger` is collected from the ledger: no sacct, no SSH."""
+    from gpuhub.ledger import Ledger
+    from gpuhub.states import JobStatus, State
+
+    (tmp_path / "mine.yaml").write_text(
+        "name: mine\nscheduler: slurm\nconnection: {host: login.invalid}\naccounting: {source: ledger}\n"
+        "partitions:\n  gpu: {gpus_per_node: 4, gpu_model: a100}\n")
+    monkeypatch.setenv("GPUHUB_SITES", str(tmp_path))
+    ledger = Ledger()
+    rec = ledger.add(token="t", site="mine", scheduler="slurm", name="x", request={"project": "cms"},
+                     plan={"gpus": 2, "gpu_model": "a100"}, script="")
+    ledger.mark_submitted(rec.id, "123", None, None)
+    ledger.update_status([(rec.id, JobStatus(State.COMPLETED, start=1767225600.0, end=1767229200.0))])
+    ledger.close()
+    out = cli("collect", "--site", "mine", "--since", "2026-01")
     assert out.exit_code == 0, out.output
-    assert "site htcondor-example (htcondor): collection not supported yet" in out.output
+    out = cli("report", "--by", "project", "--format", "json", "--site", "mine")
+    assert [(r["project"], r["gpu_hours"]) for r in json.loads(out.output)["rows"]] == [("cms", 2.0)]
 
 
 def test_local_site_from_the_ledger(db, monkeypatch):

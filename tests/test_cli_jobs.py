@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -49,11 +50,31 @@ def test_job_outlives_the_cli_and_cancel(gpuhub):
     assert json.loads(gpuhub("jobs", "--json").stdout)[0]["state"] == "cancelled"
 
 
+def masked(script: str) -> str:
+    """A script with its submission token (16 hex digits) replaced: the one part that differs per run."""
+    return re.sub(r"\b[0-9a-f]{16}\b", "TOKEN", script)
+
+
 def test_dry_run_is_render(gpuhub):
     dry = gpuhub("submit", "--dry-run", "--", "python", "x.py")
     rendered = gpuhub("render", "--", "python", "x.py")
-    assert dry.stdout == rendered.stdout and dry.stdout.startswith("#!/bin/bash")
+    assert masked(dry.stdout) == masked(rendered.stdout) and dry.stdout.startswith("#!/bin/bash")
     assert "no jobs recorded yet" in gpuhub("jobs").stdout
+
+
+def test_dry_run_shows_what_submit_sends_token_included(gpuhub):
+    from gpuhub.ledger import Ledger
+
+    dry = gpuhub("render", "--name", "same", "--", "true").stdout
+    assert "export GPUHUB_TOKEN=" in dry
+    gpuhub("submit", "--wait", "--name", "same", "--", "true")
+    book = Ledger()
+    try:
+        sent = book.jobs()[0]
+    finally:
+        book.close()
+    assert f"export GPUHUB_TOKEN={sent.token}" in sent.script
+    assert masked(sent.script) == masked(dry)
 
 
 def test_unknown_job_reference(gpuhub):

@@ -6,7 +6,7 @@ import pytest
 
 from gpuhub.errors import RequestError
 from gpuhub.plan import plan
-from gpuhub.registry import load_site
+from gpuhub.registry import load_file, load_site
 from gpuhub.render import render
 from gpuhub.request import JobRequest
 
@@ -73,3 +73,42 @@ def test_multi_node_and_dependencies_refused():
 def test_slurm_style_directive_refused():
     with pytest.raises(RequestError, match="HTCondor submit line looks like 'key = value'"):
         parsed(directives=["--mail-type=END"])
+
+
+def test_gpu_memory_and_capability_become_submit_commands():
+    _, sub = parsed(partition="gpu-large", gpus=2)
+    assert sub["gpus_minimum_memory"] == "40960" and sub["gpus_minimum_capability"] == "8"
+    assert "require_gpus" not in sub
+
+
+def test_older_pools_get_one_require_gpus_expression():
+    older = SITE.model_copy(update={"htcondor": SITE.htcondor.model_copy(update={"gpu_requirements": "require_gpus"})})
+    job = render(plan(older, JobRequest(command=["x"], partition="gpu-large", gpus=1)), token="t")
+    sub = htcondor2.Submit(job.files["job.sub"])
+    assert classad2.ExprTree(sub["require_gpus"]).eval(classad2.ClassAd({"GlobalMemoryMb": 40960, "Capability": 8.0}))
+    assert not classad2.ExprTree(sub["require_gpus"]).eval(classad2.ClassAd({"GlobalMemoryMb": 32510,
+                                                                              "Capability": 7.0}))
+    assert "gpus_minimum_memory" not in sub
+
+
+def test_logs_go_under_the_home_directory_like_slurm():
+    _, sub = parsed()
+    assert sub["output"] == "$ENV(HOME)/gpuhub-logs/$(ClusterId).$(ProcId).out"
+    assert sub["log"] == "$ENV(HOME)/gpuhub-logs/$(ClusterId).log"
+
+
+def test_site_file_checks_are_the_backends(tmp_path):
+    from gpuhub.errors import ConfigError
+
+    base = (
+        "name: pool\nscheduler: htcondor\npartitions:\n  gpu:\n    gpus_per_node: 1\n"
+    )
+    path = tmp_path / "pool.yaml"
+    path.write_text(base + "directives: ['--mail-type=END']\n")
+    with pytest.raises(ConfigError, match=r"pool.yaml:6: directives.0: HTCondor directive '--mail-type=END'"):
+        load_file(path)
+    path.write_text(base + "accounting: {source: sacct}\n")
+    with pytest.raises(ConfigError, match="'sacct' is not a usage source of htcondor sites; use condor_history or"):
+        load_file(path)
+    path.write_text(base)
+    assert load_file(path).connection is None  # a pool whose commands run on this machine

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import connection_yaml
 from gpuhub.backends import backend_for, shell
 from gpuhub.errors import GpuhubError
 from gpuhub.plan import plan
@@ -392,22 +393,8 @@ def ssh_site(testbed, tmp_path, monkeypatch):
     sites = tmp_path / "sites"
     sites.mkdir()
     (sites / "shell-testbed.yaml").write_text(
-        textwrap.dedent(
-            f"""
-            name: shell-testbed
-            description: the testbed's sshd seen as a lab server without a scheduler
-            scheduler: ssh
-            connection:
-              host: {testbed["TESTBED_SSH_HOST"]}
-              port: {testbed["TESTBED_SSH_PORT"]}
-              user: {testbed["TESTBED_SSH_USER"]}
-              identity_file: {testbed["TESTBED_SSH_KEY"]}
-              known_hosts: {testbed["TESTBED_KNOWN_HOSTS"]}
-            partitions:
-              cpu:
-                gpus_per_node: 0
-            """
-        )
+        "name: shell-testbed\ndescription: the testbed's sshd seen as a lab server without a scheduler\n"
+        f"scheduler: ssh\n{connection_yaml(testbed)}partitions:\n  cpu:\n    gpus_per_node: 0\n"
     )
     monkeypatch.setenv("GPUHUB_SITES", str(sites))
     monkeypatch.delenv(shell.LOCAL_JOBS_ENV, raising=False)  # jobs go to the remote ~/.gpuhub/jobs

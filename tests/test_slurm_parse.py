@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub.backends.slurm import _combine
+from gpuhub.backends.common import combine_tasks as _combine
 from gpuhub.backends.slurm_parse import parse_sacct, parse_squeue, parse_submit, slurm_state
 from gpuhub.errors import GpuhubError
 from gpuhub.states import JobStatus, State

@@ -9,6 +9,7 @@ status``) settles: see :mod:`gpuhub.inflight`.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import time
@@ -27,7 +28,7 @@ from gpuhub.request import JobRequest, array_size
 from gpuhub.site import Site
 from gpuhub.states import JobStatus, State
 from gpuhub.transport import CommandTimeout, transport_for
-from gpuhub.transport.base import TransportError
+from gpuhub.transport.base import CommandError, TransportError
 
 if TYPE_CHECKING:
     from gpuhub.backends.base import Backend
@@ -113,6 +114,17 @@ def _after_failed_send(site: Site, backend: Backend, record: JobRecord, ledger: 
     if isinstance(exc, RequestError | ConfigError):
         ledger.mark_failed_submit(record.id, why)  # refused before anything was sent
         raise GpuhubError(why) from None
+    if isinstance(exc, _Unknown):  # the connection went and the site could not be asked since
+        ledger.set_reason(record.id, f"submission interrupted: {why}")
+        raise GpuhubError(
+            f"submitting job {record.id} to {site.name} was interrupted and whether it reached the site is "
+            f"unknown ({why}): `gpuhub status` will find out"
+        ) from None
+    if isinstance(exc, CommandError):  # the site answered: the submit command refused the job
+        with contextlib.suppress(Exception):
+            backend.abandon(transport_for(site), [record.token], timeout=timeout)
+        ledger.mark_failed_submit(record.id, why)
+        raise GpuhubError(f"submitting job {record.id} to {site.name} failed: {why}") from None
     try:
         transport = transport_for(site)
         found = backend.find_by_tokens(transport, [record.token], timeout=timeout).get(record.token)
@@ -130,13 +142,20 @@ def _after_failed_send(site: Site, backend: Backend, record: JobRecord, ledger: 
     raise GpuhubError(f"submitting job {record.id} to {site.name} failed: {why}") from None
 
 
+class _Unknown(GpuhubError):
+    """The connection dropped during the submit, and looking for the job failed too."""
+
+
 def _send(site: Site, backend: Backend, job: RenderedJob, token: str, timeout: float) -> str:
     try:
         return backend.submit(transport_for(site), job, token, timeout=timeout)
-    except _LOST:
+    except _LOST as lost:
         # The submit command may have run before the connection went: look before sending again.
-        transport = transport_for(site)
-        found = backend.find_by_tokens(transport, [token], timeout=timeout).get(token)
+        try:
+            transport = transport_for(site)
+            found = backend.find_by_tokens(transport, [token], timeout=timeout).get(token)
+        except Exception as exc:
+            raise _Unknown(f"{_one_line(lost)}; then {_one_line(exc)}") from None
         if found:
             return found
         return backend.submit(transport, job, token, timeout=timeout)

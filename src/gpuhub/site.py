@@ -128,7 +128,13 @@ class Partition(Strict):
     constraint: str | None = Field(
         None, description="Slurm --constraint expression, or HTCondor requirements expression"
     )
-    gpu_memory_gb: float | None = Field(None, gt=0, le=MAX_GPU_MEMORY_GB)
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, le=MAX_GPU_MEMORY_GB,
+        description="memory of one GPU; on HTCondor also the least GPU memory a job is matched to",
+    )
+    gpu_capability: float | None = Field(
+        None, gt=0, le=100, description="HTCondor: the least CUDA compute capability a job is matched to (8.0)"
+    )
     gpus_per_node: int = Field(
         ..., ge=0, le=MAX_GPUS_PER_NODE, description="GPUs in one node (0 for a CPU-only partition)"
     )
@@ -256,6 +262,16 @@ class Accounting(Strict):
 
 
 # One name per backend of gpuhub.backends.BACKENDS (a new scheduler adds its name here too).
+class HTCondorSettings(Strict):
+    """What differs between HTCondor pools."""
+
+    gpu_requirements: Literal["gpus_minimum", "require_gpus"] = Field(
+        "gpus_minimum",
+        description="how GPU memory/capability are asked: gpus_minimum_* submit commands (HTCondor 23.5 and "
+        "later) or one require_gpus expression (older pools)",
+    )
+
+
 Scheduler = Literal["slurm", "htcondor", "ssh", "local"]
 
 
@@ -282,6 +298,7 @@ class Site(Strict):
     )
     template: str | None = Field(None, description="template file replacing the scheduler's default")
     accounting: Accounting = Field(default_factory=Accounting)
+    htcondor: HTCondorSettings = Field(default_factory=HTCondorSettings, description="HTCondor sites only")
     unverified: list[str] = Field(
         default_factory=list, description="dotted paths of values not yet confirmed on the live site"
     )

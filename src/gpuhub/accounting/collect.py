@@ -91,7 +91,12 @@ def collect_site(
     start = window(store, site.name, since, end, overlap)
     out.window = (start, end)
     try:
-        backend.collect_usage(store, site, start, end, chunk, out, progress)
+        if site.accounting.source == "ledger" and backend.usage_source != "ledger":
+            from gpuhub.accounting.ledger_usage import collect_ledger
+
+            collect_ledger(store, site, start, end, out, progress)  # the site asks for gpuhub's own records
+        else:
+            backend.collect_usage(store, site, start, end, chunk, out, progress)
     except GpuhubError as exc:
         out.ok, out.error = False, exc.message
     except Exception as exc:  # a database or parsing surprise on one site must not stop the others

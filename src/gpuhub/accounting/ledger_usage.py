@@ -53,17 +53,13 @@ def ledger_rows(site: Site, records: Iterable[object], since_epoch: float, now_e
 
 
 def collect_ledger(store: UsageStore, site: Site, start: str, end: str, out: Outcome, progress: Progress) -> None:
-    from gpuhub.jobs import refresh
     from gpuhub.ledger import Ledger
 
     ledger = Ledger()
     try:
+        # The ledger as it stands: collecting never polls the site. A job still unfinished there
+        # is stored as provisional, and finalised by a collection after `gpuhub status` saw it end.
         records = ledger.jobs(site=site.name)
-        if any(not r.state.finished for r in records):
-            # Ask the machine first, so a job that ended since the last `gpuhub status` is final here.
-            records, errors = refresh(records, ledger)
-            out.warnings.extend(f"site {site.name}: could not refresh job states: {e}" for e in errors)
-            records = ledger.jobs(site=site.name)
         now = datetime.now(timezone.utc).timestamp()
         got = store.ingest(site.name, ledger_rows(site, records, to_epoch(start), now))
     finally:

@@ -61,12 +61,19 @@ class Backend(ABC):
     files: ClassVar[dict[str, str]]  # output file -> template; the first is the main file
     plain_files: ClassVar[frozenset[str]] = frozenset()  # files not shell-quoted (submit descriptions)
     stdin_file: ClassVar[str | None] = None  # file sent on the submit command's standard input
+    usage_source: ClassVar[str] = "ledger"  # the `accounting.source` collect_usage reads
 
     # --- site files -------------------------------------------------------------------------
 
     def check_site(self, site: Site) -> list[SiteProblem]:
         """Scheduler-specific checks of a site file; the registry adds file:line to each problem."""
-        return _connection_problems(site, self.capabilities.connection)
+        problems = _connection_problems(site, self.capabilities.connection)
+        source = site.accounting.source
+        if source not in (None, "ledger", self.usage_source):
+            allowed = " or ".join(sorted({"ledger", self.usage_source}))
+            problems.append(SiteProblem(("accounting", "source"),
+                                        f"{source!r} is not a usage source of {site.scheduler} sites; use {allowed}"))
+        return problems
 
     # --- building a job (pure) --------------------------------------------------------------
 
@@ -133,9 +140,12 @@ class Backend(ABC):
         self, store: UsageStore, site: Site, start: str, end: str, chunk: int, out: Outcome,
         progress: Callable[[str], None],
     ) -> None:
-        """Bring the site's GPU runs of ``[start, end]`` into ``store`` (idempotently) and record
-        what happened in ``out``. Only called when ``capabilities.usage`` is true."""
-        raise NotImplementedError(f"{self.name}: usage collection")
+        """Bring the site's GPU runs of ``[start, end]`` into ``store`` (idempotently) from
+        :attr:`usage_source`, and record what happened in ``out``. The default reads the gpuhub
+        ledger (jobs gpuhub submitted); a site's ``accounting.source: ledger`` picks it too."""
+        from gpuhub.accounting.ledger_usage import collect_ledger
+
+        collect_ledger(store, site, start, end, out, progress)
 
     @abstractmethod
     def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:

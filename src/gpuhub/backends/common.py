@@ -6,6 +6,7 @@ import re
 import shlex
 
 from gpuhub.plan import Allocation
+from gpuhub.states import JobStatus, State
 
 # Rendezvous port from the job id, as IDRIS's idr_torch does: two jobs sharing a node never clash.
 MASTER_PORT_EXPR = "$((10000 + SLURM_JOB_ID % 20000))"
@@ -101,3 +102,34 @@ def _master_lines() -> list[str]:
 
 def setup_lines(alloc: Allocation) -> list[str]:
     return [*alloc.site.setup, *alloc.partition.setup]
+
+
+# An array whose tasks all ended is as bad as its worst task.
+ARRAY_WORST = [State.FAILED, State.TIMEOUT, State.PREEMPTED, State.CANCELLED]
+
+
+def combine_tasks(statuses: list[JobStatus], expected: int = 1) -> JobStatus:
+    """One status for an array job from its tasks' statuses (a plain job has one)."""
+    if len(statuses) == 1 and expected == 1:
+        return statuses[0]
+    counts: dict[State, int] = {}
+    for st in statuses:
+        counts[st.state] = counts.get(st.state, 0) + 1
+    summary = "array: " + ", ".join(f"{n} {s.value}" for s, n in sorted(counts.items(), key=lambda kv: kv[0].value))
+    if State.RUNNING in counts:
+        state = State.RUNNING
+    elif State.PENDING in counts:
+        state = State.PENDING
+    elif set(counts) == {State.COMPLETED}:
+        state = State.COMPLETED
+    else:
+        state = next((s for s in ARRAY_WORST if s in counts), State.UNKNOWN)
+    if len(statuses) < expected:
+        # Tasks not seen yet (accounting lags behind the end of a task): not finished.
+        summary += f", {expected - len(statuses)} not reported yet"
+        if state.finished:
+            state = State.RUNNING
+    starts = [s.start for s in statuses if s.start]
+    ends = [s.end for s in statuses if s.end]
+    return JobStatus(state=state, reason=summary, start=min(starts) if starts else None,
+                     end=max(ends) if ends and state.finished else None)

@@ -35,10 +35,7 @@ from gpuhub.errors import GpuhubError
 from gpuhub.states import JobStatus, State
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
-    from gpuhub.accounting.collect import Outcome
-    from gpuhub.accounting.store import UsageStore
     from gpuhub.exporter.readings import SiteReading
     from gpuhub.plan import Allocation
     from gpuhub.render import RenderedJob
@@ -145,14 +142,6 @@ class ShellBackend(Backend):
         if directory.startswith("~/"):
             directory = directory[2:]
         return f"{directory}/{STDOUT_FILE}", f"{directory}/{STDERR_FILE}"
-
-    def collect_usage(
-        self, store: UsageStore, site: Site, start: str, end: str, chunk: int, out: Outcome,
-        progress: Callable[[str], None],
-    ) -> None:
-        from gpuhub.accounting.ledger_usage import collect_ledger
-
-        collect_ledger(store, site, start, end, out, progress)
 
     def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:
         from gpuhub.exporter import nvidia

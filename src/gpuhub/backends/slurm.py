@@ -6,10 +6,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gpuhub.backends.base import Backend, Capabilities, SiteProblem
-from gpuhub.backends.common import REQUEUE_SIGNAL, job_env, launch, requeue_lead, safe_job_name, setup_lines
+from gpuhub.backends.common import (
+    REQUEUE_SIGNAL,
+    combine_tasks,
+    job_env,
+    launch,
+    requeue_lead,
+    safe_job_name,
+    setup_lines,
+)
 from gpuhub.backends.slurm_parse import SACCT_FIELDS, SQUEUE_FORMAT, parse_sacct, parse_squeue, parse_submit
 from gpuhub.errors import RequestError
-from gpuhub.states import JobStatus, State
+from gpuhub.states import JobStatus
 from gpuhub.units import format_memory, format_walltime
 
 if TYPE_CHECKING:
@@ -98,15 +106,13 @@ def context(alloc: Allocation, token: str | None) -> dict[str, Any]:
     }
 
 
-_ARRAY_WORST = [State.FAILED, State.TIMEOUT, State.PREEMPTED, State.CANCELLED]
-
-
 class SlurmBackend(Backend):
     name = "slurm"
     capabilities = Capabilities(
         multi_node=True, arrays=True, dependencies=True, requeue=True, launchers=("none", "torchrun", "srun")
     )
     files: ClassVar[dict[str, str]] = {"job.sbatch": "slurm.sbatch.j2"}
+    usage_source = "sacct"
     stdin_file = "job.sbatch"  # the script goes on stdin: nothing is left behind on either side
 
     def check_site(self, site: Site) -> list[SiteProblem]:
@@ -181,7 +187,7 @@ class SlurmBackend(Backend):
                     if base in wanted and base in missing:
                         by_base.setdefault(base, []).append(status)
         tasks = tasks or {}
-        return {base: _combine(statuses, tasks.get(base, 1)) for base, statuses in by_base.items()}
+        return {base: combine_tasks(statuses, tasks.get(base, 1)) for base, statuses in by_base.items()}
 
     def cancel(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
         transport.run(["scancel", *ids], timeout=timeout)
@@ -204,30 +210,3 @@ class SlurmBackend(Backend):
         from gpuhub.exporter import slurm as probe
 
         return probe.read(transport, deadline)
-
-
-def _combine(statuses: list[JobStatus], expected: int = 1) -> JobStatus:
-    """One status for an array job from its tasks' statuses (a plain job has one)."""
-    if len(statuses) == 1 and expected == 1:
-        return statuses[0]
-    counts: dict[State, int] = {}
-    for st in statuses:
-        counts[st.state] = counts.get(st.state, 0) + 1
-    summary = "array: " + ", ".join(f"{n} {s.value}" for s, n in sorted(counts.items(), key=lambda kv: kv[0].value))
-    if State.RUNNING in counts:
-        state = State.RUNNING
-    elif State.PENDING in counts:
-        state = State.PENDING
-    elif set(counts) == {State.COMPLETED}:
-        state = State.COMPLETED
-    else:
-        state = next((s for s in _ARRAY_WORST if s in counts), State.UNKNOWN)
-    if len(statuses) < expected:
-        # Tasks not seen yet (accounting lags behind the end of a task): not finished.
-        summary += f", {expected - len(statuses)} not reported yet"
-        if state.finished:
-            state = State.RUNNING
-    starts = [s.start for s in statuses if s.start]
-    ends = [s.end for s in statuses if s.end]
-    return JobStatus(state=state, reason=summary, start=min(starts) if starts else None,
-                     end=max(ends) if ends and state.finished else None)

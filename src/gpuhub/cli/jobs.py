@@ -183,15 +183,17 @@ def _request_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def prepare(opts: dict[str, Any], token: str | None = None) -> Any:
-    """Site + request -> RenderedJob: the one path shared by render and submit."""
-    from gpuhub.plan import plan
+def rendered(opts: dict[str, Any]) -> Any:
+    """Site + request -> RenderedJob, through :func:`gpuhub.jobs.prepare`, the path submit takes.
+
+    It carries a fresh token, as a submission does, so the files shown are those submit sends
+    (only the token's value differs from one run to the next)."""
+    from gpuhub.jobs import new_token, prepare
     from gpuhub.registry import load_site
-    from gpuhub.render import render as render_job
 
     site = load_site(opts["site"])
     request = build_request({**opts, "site_here": site.connection is None})
-    return render_job(plan(site, request), token=token)
+    return prepare(site, request, new_token())
 
 
 @click.command(cls=JobCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -211,7 +213,7 @@ def render(as_json: bool, output_dir: Path | None, **opts: Any) -> None:
       gpuhub render --site jean-zay --project abc --gpu-type a100 --gpus 16 --time 10h -- python train.py
       gpuhub render --site ruche --gpus 2 --array 0-9%2 -e SEED=1 --json -- python sweep.py
     """
-    job = prepare(opts)
+    job = rendered(opts)
     if output_dir:
         _write_files(output_dir, job.files)
     if as_json:

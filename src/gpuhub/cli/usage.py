@@ -122,8 +122,9 @@ def collect(sites: tuple[str, ...], all_sites: bool, since: str | None, until: s
             as_json: bool, db: str | None) -> None:
     """Bring job runs from sites into the usage database.
 
-    Slurm sites are read with sacct (every user's jobs when sacct allows it, else your own);
-    local and lab-server sites from the gpuhub ledger. Collecting again never counts a run
+    Slurm sites are read with sacct (every user's jobs when sacct allows it, else your own),
+    HTCondor pools with condor_history and condor_q, local and lab-server sites (and any site
+    with `accounting.source: ledger`) from the gpuhub ledger. Collecting again never counts a run
     twice; runs still going are stored as provisional and finalised by a later collection.
     A failing site is reported and the others are still collected (exit code 1).
 

@@ -32,6 +32,8 @@ class LocalTransport(Transport):
                 cwd=Path.home(),
             )
         except FileNotFoundError:
+            if not Path.home().is_dir():  # commands start in the home directory
+                raise TransportError(f"home directory {Path.home()} does not exist") from None
             raise TransportError(f"command not found on this machine: {argv[0]!r}") from None
         try:
             out, err = proc.communicate(stdin, timeout=timeout)
