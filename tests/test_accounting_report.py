@@ -149,35 +149,33 @@ def test_collect_needs_sites_the_first_time(tmp_path, monkeypatch):
 
 def test_accounting_source_ledger_is_honoured(db, tmp_path, monkeypatch):
     """A Slurm site whose accounting.source is `ledger` is collected from the ledger: no sacct, no SSH."""
-    from gpuhub.ledger import Ledger
-    from gpuhub.states import JobStatus, State
-
     (tmp_path / "mine.yaml").write_text(
         "name: mine\nscheduler: slurm\nconnection: {host: login.invalid}\naccounting: {source: ledger}\n"
         "partitions:\n  gpu: {gpus_per_node: 4, gpu_model: a100}\n")
     monkeypatch.setenv("GPUHUB_SITES", str(tmp_path))
-    ledger = Ledger()
-    rec = ledger.add(token="t", site="mine", scheduler="slurm", name="x", request={"project": "cms"},
-                     plan={"gpus": 2, "gpu_model": "a100"}, script="")
-    ledger.mark_submitted(rec.id, "123", None, None)
-    ledger.update_status([(rec.id, JobStatus(State.COMPLETED, start=1767225600.0, end=1767229200.0))])
-    ledger.close()
+    ledger_job("mine", "slurm", "123", "cms", gpus=2, model="a100", hours=1)
     out = cli("collect", "--site", "mine", "--since", "2026-01")
     assert out.exit_code == 0, out.output
     out = cli("report", "--by", "project", "--format", "json", "--site", "mine")
     assert [(r["project"], r["gpu_hours"]) for r in json.loads(out.output)["rows"]] == [("cms", 2.0)]
 
 
-def test_local_site_from_the_ledger(db, monkeypatch):
+def ledger_job(site: str, scheduler: str, scheduler_id: str, project: str, gpus: int, model: str, hours: int) -> None:
+    """A finished job in the (isolated) ledger, started 2026-01-01 00:00 UTC."""
     from gpuhub.ledger import Ledger
     from gpuhub.states import JobStatus, State
 
     ledger = Ledger()
-    rec = ledger.add(token="tok", site="local", scheduler="local", name="x", request={"project": "lsst"},
-                     plan={"gpus": 3, "gpu_model": "rtx"}, script="")
-    ledger.mark_submitted(rec.id, "tok", None, None)
-    ledger.update_status([(rec.id, JobStatus(State.COMPLETED, start=1767225600.0, end=1767232800.0))])
+    rec = ledger.add(token=f"tok-{scheduler_id}", site=site, scheduler=scheduler, name="x",
+                     request={"project": project}, plan={"gpus": gpus, "gpu_model": model}, script="")
+    ledger.mark_submitted(rec.id, scheduler_id, None, None)
+    start = 1767225600.0
+    ledger.update_status([(rec.id, JobStatus(State.COMPLETED, start=start, end=start + 3600 * hours))])
     ledger.close()
+
+
+def test_local_site_from_the_ledger(db, monkeypatch):
+    ledger_job("local", "local", "tok", "lsst", gpus=3, model="rtx", hours=2)
     for _ in range(2):  # twice: still counted once
         out = cli("collect", "--site", "local", "--since", "2026-01")
         assert out.exit_code == 0, out.output
