@@ -117,7 +117,8 @@ def test_sacct_command():
 
 
 @pytest.mark.parametrize(
-    ("account", "project"), [("abc@a100", "abc"), ("abc@v100", "abc"), ("physics", "physics"), ("", "")]
+    ("account", "project"),
+    [("abc@a100", "abc"), ("abc@v100", "abc"), ("physics", "physics"), ("", ""), (" lab @x", "lab")],
 )
 def test_project_rule(account, project):
     assert project_of(account) == project

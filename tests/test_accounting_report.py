@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from gpuhub.accounting.formats import render
 from gpuhub.accounting.records import UsageRow
-from gpuhub.accounting.report import SiteFactors, build_report, chart_reports, render
+from gpuhub.accounting.report import SiteFactors, build_report, chart_reports
 from gpuhub.accounting.store import Filters, open_store
 from gpuhub.cli import main
 

@@ -27,9 +27,9 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         yield str(tmp_path / "usage.sqlite")
         return
+    url = pg_url()  # skips (fails in CI) without PostgreSQL or without the psycopg extra
     import psycopg
 
-    url = pg_url()
     schema = f"test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")

@@ -11,11 +11,13 @@ interpreter start, the ledger write, the send and the recording of the answer. A
   the test's names) has a ledger row carrying its id: none escaped the ledger;
 * every row without an id ended as "never started", and no job with its name exists or runs.
 
-``GPUHUB_CRASH_N`` sets N (default 20 per site). The counts per outcome are printed.
+``GPUHUB_CRASH_N`` sets N (default 20 per site). The counts per outcome are printed. Sites: this
+machine, Slurm over SSH, and the fake HTCondor pool over SSH.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -117,26 +119,42 @@ def test_kill_9_local_submits(tmp_path):
     print(f"\nlocal: {N} kills at {min(delays):.2f}..{max(delays):.2f} s: {dict(counts)}")
 
 
-@pytest.mark.slurm
-@pytest.mark.ssh
-def test_kill_9_slurm_submits_over_ssh(testbed, tmp_path):
-    env = {**os.environ, "GPUHUB_LEDGER": str(tmp_path / "ledger.sqlite"), "GPUHUB_SITES": str(SITES)}
-    tag = uuid.uuid4().hex[:6]
-    names = [f"crash-{tag}-{i}" for i in range(N)]
-    args = ["--site", "testbed", "--gpus", "0", "--time", "5m", "--", "sleep", "1"]
-    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
-    delays = kill_runs(args, names, env)
-    rows = settle(env)
-    # Every Slurm job of hubuser with one of the test's names (sacct keeps finished ones too).
+def slurm_jobs(testbed: dict[str, str], since: str) -> list[tuple[str, str]]:
+    """(name, id) of hubuser's Slurm jobs since ``since`` (sacct keeps finished ones too)."""
     listing = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-u", testbed["TESTBED_SSH_USER"], "-S", since, "--format=JobID,JobName"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
+    return [(name, job_id) for job_id, _, name in (line.partition("|") for line in listing.splitlines())]
+
+
+def condor_jobs(testbed: dict[str, str], since: str) -> list[tuple[str, str]]:
+    """(batch name, cluster) of every job of the fake pool, queued or in the history."""
+    out = []
+    for argv in (["condor_q", "-allusers"], ["condor_history"]):
+        text = subprocess.run([*argv, "-json", "-attributes", "ClusterId,JobBatchName"], capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+        out += [(ad["JobBatchName"], str(ad["ClusterId"])) for ad in (json.loads(text) if text.strip() else [])]
+    return out
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+@pytest.mark.parametrize(("site", "listing"), [("testbed", slurm_jobs), ("testbed-condor", condor_jobs)])
+def test_kill_9_remote_submits_over_ssh(testbed, request, tmp_path, site, listing):
+    if site == "testbed-condor":
+        request.getfixturevalue("condor_testbed")
+    env = {**os.environ, "GPUHUB_LEDGER": str(tmp_path / "ledger.sqlite"), "GPUHUB_SITES": str(SITES)}
+    tag = uuid.uuid4().hex[:6]
+    names = [f"crash-{tag}-{i}" for i in range(N)]
+    args = ["--site", site, "--gpus", "0", "--time", "5m", "--", "sleep", "1"]
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+    delays = kill_runs(args, names, env)
+    rows = settle(env)
     on_site: dict[str, str] = {}
-    for line in listing.splitlines():
-        job_id, _, name = line.partition("|")
+    for name, job_id in listing(testbed, since):
         if name.startswith(f"crash-{tag}-") and not name.endswith("-probe"):
-            assert name not in on_site, f"two Slurm jobs named {name}: {on_site[name]} and {job_id}"
+            assert name not in on_site, f"two jobs named {name} on {site}: {on_site[name]} and {job_id}"
             on_site[name] = job_id
     counts = check_rows(names, rows, on_site)
-    print(f"\nslurm over ssh: {N} kills at {min(delays):.2f}..{max(delays):.2f} s: {dict(counts)}")
+    print(f"\n{site} over ssh: {N} kills at {min(delays):.2f}..{max(delays):.2f} s: {dict(counts)}")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gpuhub.errors import GpuhubError
 from gpuhub.exporter import htcondor, nvidia, slurm
 from gpuhub.exporter.families import BY_NAME, FAMILIES
 from gpuhub.exporter.readings import JOB_STATES, NodeGpus, QueueJob, SiteReading
-from gpuhub.exporter.samples import GpuModels, project_of, site_samples
+from gpuhub.exporter.samples import GpuModels, project_label, site_samples
 from gpuhub.exporter.usage import read_ledger
 from gpuhub.ledger import Ledger
 from gpuhub.registry import load_file
@@ -136,8 +137,8 @@ def test_htcondor_and_nvidia_samples():
 @pytest.mark.parametrize(
     ("account", "project"), [("abc@a100", "abc"), ("abc@h100", "abc"), ("physics", "physics"), ("", "none")]
 )
-def test_project_of(account, project):
-    assert project_of(account) == project
+def test_project_label(account, project):
+    assert project_label(account) == project  # the accounting rule, "none" for no account
 
 
 def test_family_names_follow_conventions():
@@ -189,6 +190,6 @@ def test_ledger_counters(tmp_path):
 
 
 def test_ledger_is_never_created(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(GpuhubError, match="no ledger at"):
         read_ledger(tmp_path / "missing.sqlite")
     assert not (tmp_path / "missing.sqlite").exists()

@@ -124,6 +124,21 @@ class Ledger:
         self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
+    @classmethod
+    def open_read_only(cls, path: Path) -> Ledger:
+        """A ledger for readers that must never create or migrate one (the exporter).
+
+        Raises GpuhubError when there is no ledger at ``path``, sqlite3.Error when it cannot be read.
+        """
+        if not path.is_file():
+            raise GpuhubError(f"no ledger at {path}")
+        book = cls.__new__(cls)
+        book.path = path
+        book.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10,
+                                  isolation_level=None, check_same_thread=False)
+        book.db.row_factory = sqlite3.Row
+        return book
+
     def _migrate(self) -> None:
         with self.transaction():
             for statement in _SCHEMA:
@@ -256,6 +271,30 @@ class Ledger:
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [_record(r) for r in self.db.execute(sql, args)]
+
+    def gpu_seconds(self) -> list[tuple[str, str, str, str, float]]:
+        """GPU-seconds of finished jobs by (site, project, account, GPU model); aggregated in SQLite.
+
+        A job counts ``gpus x (ended_at - started_at)``; an array job counts as one allocation of its
+        ``gpus`` over its whole span. Empty strings where the request or plan says nothing.
+        """
+        finished = ",".join(f"'{s.value}'" for s in State if s.finished)
+        rows = self.db.execute(f"""
+            SELECT site, COALESCE(json_extract(request, '$.project'), ''),
+                   COALESCE(json_extract(plan, '$.account'), json_extract(request, '$.account'), ''),
+                   COALESCE(json_extract(plan, '$.gpu_model'), ''),
+                   SUM(COALESCE(json_extract(plan, '$.gpus'), 0) * MAX(ended_at - started_at, 0))
+            FROM jobs
+            WHERE state IN ({finished}) AND started_at IS NOT NULL AND ended_at IS NOT NULL
+            GROUP BY 1, 2, 3, 4""")
+        return [(r[0], r[1], r[2], r[3], float(r[4] or 0)) for r in rows]
+
+    def submission_counts(self) -> dict[tuple[str, str], int]:
+        """Submissions by (site, ``accepted`` | ``failed``): accepted got a scheduler id."""
+        rows = self.db.execute("""
+            SELECT site, CASE WHEN scheduler_id IS NOT NULL THEN 'accepted' ELSE 'failed' END, COUNT(*)
+            FROM jobs WHERE scheduler_id IS NOT NULL OR state = 'failed' GROUP BY 1, 2""")
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def history(self, job_id: int) -> list[tuple[str, float]]:
         rows = self.db.execute("SELECT state, at FROM state_history WHERE job_id = ? ORDER BY at", (job_id,))

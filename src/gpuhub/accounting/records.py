@@ -40,9 +40,9 @@ def project_of(account: str) -> str:
     """The project an account charges: the account without its ``@...`` suffix.
 
     Jean Zay writes accounts as ``PROJECT@GPUFAMILY`` (``abc@a100``, ``abc@v100``): both are
-    project ``abc``. Accounts without ``@`` are their own project.
+    project ``abc``. Accounts without ``@`` are their own project; no account is no project ("").
     """
-    return account.split("@", 1)[0]
+    return account.split("@", 1)[0].strip()
 
 
 def is_iso(text: str) -> bool:

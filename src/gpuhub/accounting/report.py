@@ -1,4 +1,4 @@
-"""GPU-hour reports from the usage store: grouping, normalisation and the text formats.
+"""GPU-hour reports from the usage store: grouping and normalisation (formats: formats.py, html.py).
 
 GPU hours = GPUs x elapsed. A run crossing a month boundary is spread pro rata of time over the
 months it covers (months are UTC). Whole-month periods read the monthly rollups kept at ingest;
@@ -7,9 +7,6 @@ other periods are computed from the runs, clipped to the period the same way.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,15 +181,6 @@ def _from_runs(
 # --- text formats ---------------------------------------------------------------------------------
 
 
-def _header(report: Report) -> list[str]:
-    return [*report.by, report.value_column, "jobs"]
-
-
-def _cells(report: Report, row: dict[str, Any], digits: int = 2) -> list[str]:
-    return [*(str(row[d]) if row[d] != "" else "-" for d in report.by), f"{row[report.value_column]:.{digits}f}",
-            str(row["jobs"])]
-
-
 def period(report: Report) -> str:
     since = report.since or "the first record"
     until = report.until or "now"
@@ -206,63 +194,6 @@ def notes(report: Report) -> list[str]:
     if report.normalized:
         out.append("normalized: GPU hours x the site's accounting.normalization factor of the GPU model")
     return out
-
-
-def to_table(report: Report) -> str:
-    from gpuhub.cli.output import table
-
-    rows = [_cells(report, r) for r in report.rows]
-    rows.append(["TOTAL", *[""] * (len(report.by) - 1), f"{report.total_gpu_hours:.2f}", str(report.total_jobs)])
-    lines = [table(_header(report), rows)]
-    lines += [f"# {n}" for n in notes(report)]
-    return "\n".join(lines)
-
-
-def to_csv(report: Report) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*_header(report), "provisional_gpu_hours"])
-    for r in report.rows:
-        writer.writerow([*(r[d] for d in report.by), f"{r[report.value_column]:.4f}", r["jobs"],
-                         f"{r['provisional_gpu_hours']:.4f}"])
-    return buf.getvalue().rstrip("\n")
-
-
-def to_json(report: Report) -> str:
-    return json.dumps(report.to_dict(), indent=2)
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def to_markdown(report: Report) -> str:
-    head = _header(report)
-    numeric = {report.value_column, "jobs"}
-    lines = [f"GPU hours by {', '.join(report.by)}, {period(report)}", "",
-             "| " + " | ".join(head) + " |",
-             "| " + " | ".join("---:" if h in numeric else "---" for h in head) + " |"]
-    lines += ["| " + " | ".join(_md(c) for c in _cells(report, r)) + " |" for r in report.rows]
-    total = ["**total**", *[""] * (len(report.by) - 1), f"**{report.total_gpu_hours:.2f}**", f"**{report.total_jobs}**"]
-    lines.append("| " + " | ".join(total) + " |")
-    lines += ["", *(f"_{n}_" for n in notes(report))] if notes(report) else []
-    return "\n".join(lines)
-
-
-def render(report: Report, fmt: str, charts: dict[str, Report] | None = None) -> str:
-    if fmt == "table":
-        return to_table(report)
-    if fmt == "csv":
-        return to_csv(report)
-    if fmt == "json":
-        return to_json(report)
-    if fmt == "markdown":
-        return to_markdown(report)
-    if fmt == "html":
-        from gpuhub.accounting.html import to_html
-
-        return to_html(report, charts or {})
-    raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
 def chart_reports(

@@ -217,7 +217,8 @@ def report(by: list[str], since: str | None, until: str | None, sites: tuple[str
       gpuhub usage report --format json | jq '.total'
       gpuhub usage report --format html -o usage.html
     """
-    from gpuhub.accounting.report import SiteFactors, build_report, chart_reports, render
+    from gpuhub.accounting.formats import render
+    from gpuhub.accounting.report import SiteFactors, build_report, chart_reports
     from gpuhub.accounting.store import Filters, open_store
 
     if since and until and since >= until:

@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 
+from gpuhub.accounting.records import project_of
 from gpuhub.exporter.readings import HOLDING_STATES, JOB_STATES, NodeGpus, QueueJob, SiteReading
 from gpuhub.site import Site
 
@@ -21,9 +22,9 @@ NO_PROJECT = "none"
 _SIMPLE_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def project_of(account: str) -> str:
-    """The project behind a scheduler account: ``abc@a100`` -> ``abc`` (Jean Zay style suffixes)."""
-    return account.split("@", 1)[0].strip() or NO_PROJECT
+def project_label(account: str) -> str:
+    """The ``project`` label of an account: its project, or ``none`` for jobs charged to no account."""
+    return project_of(account) or NO_PROJECT
 
 
 class GpuModels:
@@ -101,7 +102,7 @@ def queue(
     counts: dict[str, int] = defaultdict(int)
     for job in jobs:
         counts[job.state] += 1
-        project = project_of(job.account)
+        project = project_label(job.account)
         _add(out, "gpuhub_project_jobs", (site, project, job.state), 1)
         if user_labels:
             _add(out, "gpuhub_user_jobs", (site, job.user or "unknown", job.state), 1)
