@@ -181,3 +181,15 @@ def test_submit_error_is_clear_and_recorded(site, ledger):
         submit(site, ledger, command=["true"], account="nosuchaccount")
     assert "sbatch" in info.value.message and "Invalid account" in info.value.message
     assert ledger.jobs()[0].state == State.FAILED
+
+
+def test_follow_log_ends_with_the_job(site, ledger):
+    """`gpuhub logs -f` over SSH stops once Slurm says the job is over, with its last lines."""
+    job = submit(site, ledger, command=["bash", "-c", "echo first; sleep 4; echo last"])
+    began = time.monotonic()
+    lines = list(jobs_api.follow_log(job.record, ledger=ledger, poll=1.0, grace=1.0))
+    assert "".join(lines) == "first\nlast\n" and time.monotonic() - began < 120
+    record = ledger.get(job.id).to_dict()
+    assert record["state"] == "completed" and record["exit_code"] == 0
+    assert record["nodes"] == 1 and record["hosts"] and record["log_out"].startswith("~/")
+    assert record["submitted_at"] <= record["started_at"] <= record["ended_at"]

@@ -262,12 +262,46 @@ def read_log(record: JobRecord, stderr: bool = False) -> str:
     return result.stdout
 
 
-def follow_log(record: JobRecord, stderr: bool = False) -> Iterator[str]:
+def follow_log(
+    record: JobRecord, stderr: bool = False, ledger: Ledger | None = None, poll: float = 5.0, grace: float = 2.0
+) -> Iterator[str]:
+    """The log from its start, then each line as it is written, until the job is over.
+
+    While following, the job's state is asked every ``poll`` seconds (as ``gpuhub status`` does);
+    once it has ended, lines keep coming until the log has been quiet for ``grace`` seconds, so
+    the last words of the job are never cut. Like ``tail --pid``, for every kind of site.
+    """
     path = record.log_err if stderr else record.log_out
     if not path:
         raise GpuhubError(f"job {record.id} has no log file recorded")
     site = load_site(record.site)
-    return transport_for(site).stream(["tail", "-n", "+1", "-F", "--", path])
+    lines = transport_for(site).stream(["tail", "-n", "+1", "-F", "--", path], idle=min(grace, poll) / 2)
+    return _until_over(lines, record, ledger or Ledger(), poll, grace)
+
+
+def _until_over(lines: Iterator[str], record: JobRecord, ledger: Ledger, poll: float, grace: float) -> Iterator[str]:
+    ended = time.monotonic() if record.state.finished else None
+    next_poll = time.monotonic() + min(poll, 1.0)
+    unknown = 0  # polls in a row that found the job nowhere: twice means it is gone
+    quiet_since = time.monotonic()
+    try:
+        for chunk in lines:
+            now = time.monotonic()
+            if chunk:
+                quiet_since = now
+                yield chunk
+            if ended is None and now >= next_poll:
+                next_poll = now + poll
+                fresh, errors = refresh([record], ledger)
+                if not errors:
+                    record = fresh[0]
+                    unknown = unknown + 1 if record.state == State.UNKNOWN else 0
+                    if record.state.finished or unknown >= 2:
+                        ended = now
+            if ended is not None and now - max(ended, quiet_since) >= grace:
+                return
+    finally:
+        lines.close()  # type: ignore[attr-defined]
 
 
 class Job:

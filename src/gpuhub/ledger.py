@@ -18,7 +18,7 @@ from typing import Any
 
 from gpuhub.errors import GpuhubError
 from gpuhub.paths import user_data_dir
-from gpuhub.states import JobStatus, State
+from gpuhub.states import JobStatus, State, exit_status
 
 SCHEMA_VERSION = 1
 _SCHEMA = [
@@ -85,29 +85,65 @@ class JobRecord:
     updated_at: float
 
     @property
+    def exit_status(self) -> int | None:
+        return exit_status(self.exit_code)
+
+    @property
     def ref(self) -> str:
         return f"{self.site}:{self.scheduler_id}" if self.scheduler_id else f"{self.site}:?"
 
     def to_dict(self, full: bool = False) -> dict[str, Any]:
+        """The job record of every ``--json`` output; docs/json-output.md is its schema."""
+        submitted = _not_before(self.submitted_at, self.created_at)
+        started = _not_before(self.started_at, submitted)
         data = {
             "id": self.id,
             "site": self.site,
+            "scheduler": self.scheduler,
             "scheduler_id": self.scheduler_id,
+            "ref": self.ref,
             "name": self.name,
             "state": self.state.value,
             "reason": self.reason,
-            "nodes": self.nodes,
-            "exit_code": self.exit_code,
+            "exit_code": self.exit_status,
             "gpus": self.plan.get("gpus"),
-            "submitted_at": self.submitted_at,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "log_out": self.log_out,
-            "log_err": self.log_err,
+            "nodes": self.plan.get("nodes"),
+            "hosts": self.nodes,
+            "created_at": self.created_at,
+            "submitted_at": submitted,
+            "started_at": started,
+            "ended_at": _not_before(self.ended_at, started or submitted),
+            "log_out": _shown_path(self.log_out),
+            "log_err": _shown_path(self.log_err),
         }
         if full:
             data.update(token=self.token, request=self.request, plan=self.plan, script=self.script)
         return data
+
+
+GHOST_AFTER = 600.0  # seconds a submission may stay without a scheduler id before it counts as dead
+
+
+def is_ghost(record: JobRecord, now: float | None = None) -> bool:
+    """A row that stands for no job: the site no longer knows it, or its submission never got through."""
+    if record.state == State.UNKNOWN:
+        return True
+    now = time.time() if now is None else now
+    return record.scheduler_id is None and now - record.updated_at > GHOST_AFTER
+
+
+def _not_before(ts: float | None, earlier: float | None) -> float | None:
+    """Sites stamp whole seconds on their own clock: never show a start before its submission."""
+    if ts is None or earlier is None:
+        return ts
+    return max(ts, earlier)
+
+
+def _shown_path(path: str | None) -> str | None:
+    """A log path as a user can use it: relative paths are relative to the home directory on the site."""
+    if path is None or path.startswith(("/", "~")):
+        return path
+    return f"~/{path}"
 
 
 class Ledger:
@@ -237,6 +273,19 @@ class Ledger:
                     (st.state.value, st.reason, st.nodes, st.exit_code, st.start, st.end, now, job_id),
                 )
                 db.execute("INSERT OR IGNORE INTO state_history VALUES (?, ?, ?)", (job_id, st.state.value, now))
+
+    def forget(self, job_ids: Iterable[int]) -> list[JobRecord]:
+        """Remove jobs and their history in one transaction; returns the records removed."""
+        removed = []
+        with self.transaction() as db:
+            for job_id in dict.fromkeys(job_ids):
+                row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    continue
+                db.execute("DELETE FROM state_history WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                removed.append(_record(row))
+        return removed
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -38,3 +38,15 @@ class JobStatus:
     exit_code: str | None = None
     start: float | None = None  # epoch seconds
     end: float | None = None
+
+
+def exit_status(code: str | int | None) -> int | None:
+    """The job's exit status as a shell reports it: ``3``; Slurm's ``CODE:SIGNAL`` ``0:15`` -> 143."""
+    if code is None or isinstance(code, int):
+        return code
+    number, _, sig = code.strip().partition(":")
+    try:
+        status, signum = int(number), int(sig or 0)
+    except ValueError:
+        return None
+    return 128 + signum if signum else status

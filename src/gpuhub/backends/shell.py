@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gpuhub.backends.base import Backend, Capabilities
@@ -154,6 +155,11 @@ class LocalBackend(ShellBackend):
 
     name = "local"
     capabilities = Capabilities(connection="none")
+
+    def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
+        """Absolute: on this machine they mean the same file whatever ``HOME`` is later."""
+        out, err = super().log_paths(scheduler_id, job_name, log_dir, task)
+        return str(Path.home() / out), str(Path.home() / err)
 
 
 class SSHBackend(ShellBackend):

@@ -306,7 +306,9 @@ def _job_rows(records: list[Any]) -> str:
 @click.command(cls=JobCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @job_options
 @click.option("--dry-run", is_flag=True, help="Print what would be sent (same as `gpuhub render`) and stop.")
-@click.option("--wait", "-w", is_flag=True, help="Wait for the job to end; exit code 0 only if it completed.")
+@click.option("--wait", "-w", is_flag=True,
+              help="Wait for the job to end; exit with its exit code (0 only if it completed) and show the end "
+                   "of its error log if it failed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded job as JSON.")
 @click.option("--stage", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Upload this local directory first (changed files only) and run the job in it.")
@@ -337,16 +339,42 @@ def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts:
     rec = job.record
     if not as_json:
         click.echo(f"submitted job {rec.id} ({rec.ref}) to {rec.site}")
-        note(f"gpuhub: follow it with `gpuhub status {rec.id}` and `gpuhub logs {rec.id} -f`")
+        if not wait:
+            note(f"gpuhub: follow it with `gpuhub status {rec.id}` and `gpuhub logs {rec.id} -f`")
     if wait:
         state = job.wait()
         rec = job.record
         if not as_json:
-            click.echo(f"job {rec.id} {state.value}" + (f" (exit {rec.exit_code})" if rec.exit_code else ""))
+            click.echo(f"job {rec.id} {state.value}{_exit_suffix(rec)}")
+            if state.value != "completed":
+                _show_stderr_tail(rec, jobs_api)
     if as_json:
         emit_json(rec.to_dict())
     if wait and rec.state.value != "completed":
-        raise SystemExit(1)
+        # The job's own exit status, as if it had run here (1 when the site gives none).
+        code = rec.exit_status
+        raise SystemExit(code if code and 0 < code < 256 else 1)
+
+
+def _exit_suffix(rec: Any) -> str:
+    code = rec.exit_status
+    return "" if code is None else f" (exit {code})"
+
+
+def _show_stderr_tail(rec: Any, jobs_api: Any, lines: int = 10) -> None:
+    """The last lines of a failed job's error log, so the cause shows without another command."""
+    try:
+        text = jobs_api.read_log(rec, stderr=True)
+    except click.ClickException as exc:
+        note(f"gpuhub: no error log to show ({exc.message})")
+        return
+    tail = text.rstrip("\n").splitlines()[-lines:]
+    if not tail:
+        note(f"gpuhub: the error log of job {rec.id} is empty; `gpuhub logs {rec.id}` shows its output")
+        return
+    note(f"gpuhub: last lines of its error log ({rec.log_err}):")
+    for line in tail:
+        note(f"  {line}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -391,13 +419,14 @@ def status(refs: tuple[str, ...], watch: bool, interval: float, as_json: bool) -
         raise SystemExit(1)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--site", "-s", shell_complete=complete_site, help="Only jobs of this site.")
 @click.option("--active", is_flag=True, help="Only unfinished jobs.")
 @click.option("--limit", "-n", default=50, show_default=True, type=click.IntRange(0, MAX_LIST_LIMIT),
               help="Most recent N jobs (0 = all).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def jobs(site: str | None, active: bool, limit: int, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/json-output.md).")
+@click.pass_context
+def jobs(ctx: click.Context, site: str | None, active: bool, limit: int, as_json: bool) -> None:
     """List recorded jobs, newest first, as last seen (no site is contacted).
 
     \b
@@ -405,7 +434,11 @@ def jobs(site: str | None, active: bool, limit: int, as_json: bool) -> None:
       gpuhub jobs
       gpuhub jobs --site jean-zay --active
       gpuhub jobs --json -n 0 | jq '.[] | select(.state=="failed") | .id'
+      gpuhub jobs forget 12 13
+      gpuhub jobs prune --older-than 30d --dry-run
     """
+    if ctx.invoked_subcommand:
+        return
     records = _ledger().jobs(site=site, active_only=active, limit=limit or None)
     if as_json:
         emit_json([r.to_dict() for r in records])
@@ -415,9 +448,101 @@ def jobs(site: str | None, active: bool, limit: int, as_json: bool) -> None:
         click.echo("no jobs recorded yet")
 
 
+def _removable(record: Any, force: bool) -> bool:
+    from gpuhub.ledger import is_ghost
+
+    return force or record.state.finished or is_ghost(record)
+
+
+def _report_removed(records: list[Any], verb: str, dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        emit_json([r.to_dict() for r in records])
+        return
+    for r in records:
+        click.echo(f"{'would remove' if dry_run else 'removed'} job {r.id} ({r.ref}, {r.state.value}, {r.name})")
+    summary = f"{len(records)} job(s) would be {verb} (dry run: nothing changed)" if dry_run else \
+        f"{len(records)} job(s) {verb}"
+    click.echo(summary)
+
+
+@jobs.command("forget")
+@click.argument("refs", nargs=-1, required=True, metavar="JOB...", type=JobRef())
+@click.option("--force", is_flag=True, help="Also jobs that may still be running (they are not cancelled).")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed and change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The removed records as JSON.")
+def forget(refs: tuple[str, ...], force: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove jobs from the ledger (nothing is sent to any site).
+
+    Finished jobs and ghosts (unknown to their site, or whose submission never got
+    through) go at once; a job that may still run needs --force, and is then no longer
+    followed by gpuhub: cancel it first if it should stop.
+
+    \b
+    Examples:
+      gpuhub jobs forget 12
+      gpuhub jobs forget 12 13 jean-zay:123456 --dry-run
+      gpuhub jobs forget last --force
+    """
+    from gpuhub import jobs as jobs_api
+
+    ledger = _ledger()
+    records = list({r.id: r for r in (jobs_api.resolve(ref, ledger) for ref in refs)}.values())
+    active = [r for r in records if not _removable(r, force)]
+    if active:
+        listed = ", ".join(f"{r.id} ({r.state.value})" for r in active)
+        raise click.UsageError(f"job(s) {listed} may still be running on their site; `gpuhub cancel` them, "
+                               "check with `gpuhub status`, or give --force to forget them anyway")
+    removed = records if dry_run else ledger.forget(r.id for r in records)
+    _report_removed(removed, "forgotten", dry_run, as_json)
+
+
+def _age_option(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from gpuhub.units import parse_walltime
+
+    if value.strip() == "0":
+        return 0.0
+    try:
+        seconds = parse_walltime(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).replace("walltime", "age"), ctx=ctx, param=param) from None
+    if seconds > 100 * 365 * 86400:
+        raise click.BadParameter(f"{value!r} is over 100 years", ctx=ctx, param=param)
+    return float(seconds)
+
+
+@jobs.command("prune")
+@click.option("--older-than", default="30d", show_default=True, callback=_age_option, metavar="AGE",
+              help="Only jobs last seen at least this long ago: 12h, 30d, 1d12h; 0 = any age.")
+@click.option("--site", "-s", shell_complete=complete_site, help="Only jobs of this site.")
+@click.option("--force", is_flag=True, help="Also jobs that may still be running (they are not cancelled).")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed and change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The removed records as JSON.")
+def prune(older_than: float, site: str | None, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove old finished and ghost jobs from the ledger (nothing is sent to any site).
+
+    A job's age counts from when gpuhub last saw it change. Jobs that may still run
+    stay unless --force. GPU hours of the local site are read from the ledger: run
+    `gpuhub usage collect` first if they matter.
+
+    \b
+    Examples:
+      gpuhub jobs prune --dry-run
+      gpuhub jobs prune --older-than 0 --site local
+      gpuhub jobs prune --older-than 7d --json
+    """
+    import time
+
+    ledger = _ledger()
+    cutoff = time.time() - older_than
+    records = [r for r in ledger.jobs(site=site) if r.updated_at <= cutoff and _removable(r, force)]
+    removed = records if dry_run else ledger.forget(r.id for r in records)
+    _report_removed(removed, "pruned", dry_run, as_json)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("ref", metavar="JOB", type=JobRef())
-@click.option("--follow", "-f", is_flag=True, help="Keep printing as the log grows (Ctrl-C to stop).")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing as the log grows, until the job has ended (Ctrl-C to stop sooner).")
 @click.option("--stderr", "-e", "use_stderr", is_flag=True, help="The error log instead of the output log.")
 def logs(ref: str, follow: bool, use_stderr: bool) -> None:
     """Print a job's output (or error) log.
@@ -435,7 +560,7 @@ def logs(ref: str, follow: bool, use_stderr: bool) -> None:
     if not follow:
         click.echo(jobs_api.read_log(record, use_stderr), nl=False)
         return
-    lines = jobs_api.follow_log(record, use_stderr)
+    lines = jobs_api.follow_log(record, use_stderr, ledger)
     try:
         for line in lines:
             click.echo(line, nl=False)
@@ -443,6 +568,9 @@ def logs(ref: str, follow: bool, use_stderr: bool) -> None:
         pass
     finally:
         lines.close()  # type: ignore[attr-defined]
+    final = ledger.get(record.id)
+    if final.state.finished:
+        note(f"gpuhub: job {final.id} {final.state.value}" + _exit_suffix(final))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -90,7 +90,8 @@ def _layers(sources: list[registry.SiteSource]) -> str:
 
 @sites.command("show")
 @click.argument("site", shell_complete=complete_site)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the merged site file).")
+@click.option("--json", "as_json", is_flag=True,
+              help="The merged site as JSON, in the site file format (the files it came from: `sites list --json`).")
 def show_cmd(site: str, as_json: bool) -> None:
     """Show one site as gpuhub sees it, after every override, with unverified values marked.
 
@@ -102,9 +103,8 @@ def show_cmd(site: str, as_json: bool) -> None:
     sources = registry.site_sources(site)
     obj = registry.load_site(site)
     if as_json:
-        data = obj.model_dump(mode="json")
-        data["_files"] = [{"layer": s.layer, "path": str(s.path)} for s in sources]
-        emit_json(data)
+        # Exactly a site file (valid against `gpuhub sites schema`); `sites list --json` names the files.
+        emit_json(obj.model_dump(mode="json"))
         return
     click.echo(_describe(obj, sources))
 

@@ -101,8 +101,12 @@ class Transport(ABC):
     def get_text(self, path: str) -> str: ...
 
     @abstractmethod
-    def stream(self, argv: list[str]) -> Iterator[str]:
-        """Run ``argv`` and yield its stdout line by line until it ends (or the caller stops)."""
+    def stream(self, argv: list[str], idle: float | None = None) -> Iterator[str]:
+        """Run ``argv`` and yield its stdout line by line until it ends (or the caller stops).
+
+        With ``idle``, an empty string is yielded after each ``idle`` seconds without output, so
+        the caller can look at something else (has the job ended?) while nothing is printed.
+        """
 
     def ensure_dir(self, path: str, timeout: float = 60.0) -> None:
         """``mkdir -p`` once per transport: submitting 100 jobs must not cost 100 extra round trips."""

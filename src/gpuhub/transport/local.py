@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -82,13 +83,24 @@ class LocalTransport(Transport):
                 Path(tmp).unlink(missing_ok=True)
             raise
 
-    def stream(self, argv: list[str]) -> Iterator[str]:
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, text=True, start_new_session=True, bufsize=1, cwd=Path.home()
-        )
+    def stream(self, argv: list[str], idle: float | None = None) -> Iterator[str]:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True, bufsize=0, cwd=Path.home())
         try:
             assert proc.stdout is not None
-            yield from proc.stdout
+            fd = proc.stdout.fileno()
+            pending = b""
+            while True:
+                if not select.select([fd], [], [], idle)[0]:
+                    yield ""
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", errors="replace") + "\n"
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
         finally:
             _kill_group(proc)
             proc.wait()

@@ -268,7 +268,7 @@ class SSHTransport(Transport):
                 return True
         return False
 
-    def stream(self, argv: list[str]) -> Iterator[str]:
+    def stream(self, argv: list[str], idle: float | None = None) -> Iterator[str]:
         command = shlex.join(argv)
         with self._slot(float("inf")):
             chan = self._session()
@@ -290,7 +290,8 @@ class SSHTransport(Transport):
                         if chan.recv_ready() or chan.recv_stderr_ready():
                             continue
                         break
-                    select.select([fd], [], [], 30.0)
+                    if not select.select([fd], [], [], idle or 30.0)[0] and idle:
+                        yield ""
                 if pending:
                     yield pending.decode("utf-8", errors="replace")
             finally:
