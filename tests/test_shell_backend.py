@@ -175,11 +175,14 @@ def test_parse_poll_running_has_no_end():
 def test_job_dir_and_log_paths(monkeypatch):
     monkeypatch.delenv(shell.LOCAL_JOBS_ENV, raising=False)
     assert shell.job_dir("abc123") == "~/.gpuhub/jobs/abc123"
-    # relative to the home directory, where commands start and SFTP paths begin
-    assert SHELL.log_paths("abc123", "my job", "gpuhub-logs") == (
+    # on a lab server: relative to the home directory, where commands start and SFTP paths begin
+    assert backend_for("ssh").log_paths("abc123", "my job", "gpuhub-logs") == (
         ".gpuhub/jobs/abc123/job.out",
         ".gpuhub/jobs/abc123/job.err",
     )
+    # on this machine: absolute, so they stay right whatever HOME is later
+    monkeypatch.setenv("HOME", "/home/ana")
+    assert SHELL.log_paths("abc123", "my job", "gpuhub-logs")[0] == "/home/ana/.gpuhub/jobs/abc123/job.out"
     monkeypatch.setenv(shell.LOCAL_JOBS_ENV, "/tmp/x/jobs/")
     assert shell.job_dir("abc123") == "/tmp/x/jobs/abc123"
     assert SHELL.log_paths("abc123", "my job", "gpuhub-logs")[1] == "/tmp/x/jobs/abc123/job.err"
@@ -434,7 +437,7 @@ def test_lifecycle_over_ssh(ssh_site):
 
         done = wait_for(t, done_id, {State.COMPLETED, State.FAILED})
         assert done.state == State.FAILED and done.exit_code == "4"
-        out, err = SHELL.log_paths(done_id, "shell-test", site.log_dir)
+        out, err = backend_for(site.scheduler).log_paths(done_id, "shell-test", site.log_dir)
         assert t.get_text(out) == "out\n" and t.get_text(err) == "err\n"
         # read the way `gpuhub logs` does: plain argv, no shell to expand anything
         assert t.run(["cat", "--", out]).stdout == "out\n"

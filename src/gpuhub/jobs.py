@@ -292,7 +292,10 @@ def _until_over(lines: Iterator[str], record: JobRecord, ledger: Ledger, poll: f
                 yield chunk
             if ended is None and now >= next_poll:
                 next_poll = now + poll
-                fresh, errors = refresh([record], ledger)
+                try:
+                    fresh, errors = refresh([record], ledger)
+                except GpuhubError as exc:  # e.g. a record from another ledger: keep following
+                    fresh, errors = [record], [exc.message]
                 if not errors:
                     record = fresh[0]
                     unknown = unknown + 1 if record.state == State.UNKNOWN else 0
