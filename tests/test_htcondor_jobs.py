@@ -58,7 +58,7 @@ def test_submit_status_logs_follow_cancel_usage(gpuhub, tmp_path):
         follow.wait(10)
     assert got == ["line 1", "line 2", "line 3"]
     done = wait_for(gpuhub, "1", {"completed", "failed"})
-    assert done["state"] == "completed" and done["exit_code"] == "0" and done["gpus"] == 2
+    assert done["state"] == "completed" and done["exit_code"] == 0 and done["gpus"] == 2
     assert gpuhub("logs", "1").stdout == "line 1\nline 2\nline 3\n"
     assert gpuhub("logs", "1", "--stderr").stdout.startswith("on GPU-")
 
@@ -88,7 +88,7 @@ def test_array_and_gpu_constraints(gpuhub):
     assert row["state"] == "completed" and "5 completed" in row["reason"]
     # capability 8.0 and 39 GB: only the A100 machine of the pool fits
     gpuhub("submit", "--site", "testbed-condor", "--partition", "a100", "--gpus", "1", "--", "true")
-    assert wait_for(gpuhub, "2", {"completed", "running"})["nodes"] == "gpu01.fake-pool"
+    assert wait_for(gpuhub, "2", {"completed", "running"})["hosts"] == "gpu01.fake-pool"
 
 
 def test_refusals_are_one_line(gpuhub):
