@@ -39,6 +39,9 @@ def cases(site: Site) -> dict[str, JobRequest]:
         out["srun"] = JobRequest(name="ddp", time=_time(site), gpus=cap, launcher="srun", **common)
     if site.scheduler in ("ssh", "local", "htcondor"):
         out["torchrun"] = JobRequest(name="ddp", time=_time(site), gpus=cap, launcher="torchrun", **common)
+    if site.scheduler == "oar":  # OAR arrays have no '%' limit; requeue = idempotent + checkpoint signal
+        out["array"] = JobRequest(name="sweep", time=_time(site), gpus=min(1, cap), array="0-9", **common)
+        out["requeue"] = JobRequest(name="long", time=_time(site), gpus=min(1, cap), requeue=True, **common)
     if site.scheduler in ("slurm", "htcondor"):
         out["array"] = JobRequest(name="sweep", time=_time(site), gpus=min(1, cap), array="0-9%2", **common)
     return out

@@ -1,5 +1,6 @@
 """One contract, every backend: Slurm (real testbed, over SSH), the shell backend (this machine, and
-a lab server over SSH) and HTCondor (the fake pool of scripts/testbed/htcondor.sh, over SSH).
+a lab server over SSH), HTCondor (the fake pool of scripts/testbed/htcondor.sh, over SSH) and OAR (the
+real OAR of scripts/testbed/oar.sh, over SSH).
 
 Each goes through what a user calls (``gpuhub.jobs`` and ``usage`` collection) and must behave
 alike: a job is found by its token, completes with its logs readable, a failing job is failed,
@@ -34,7 +35,7 @@ def _shell_site(name: str, scheduler: str, connection: str) -> str:
     return f"name: {name}\nscheduler: {scheduler}\n{connection}partitions:\n  gpu:\n    gpus_per_node: 2\n"
 
 
-@pytest.fixture(params=["slurm", "local", "ssh", "htcondor"])
+@pytest.fixture(params=["slurm", "local", "ssh", "htcondor", "oar"])
 def site(request, tmp_path, monkeypatch):
     kind = request.param
     sites = tmp_path / "sites"
@@ -46,6 +47,9 @@ def site(request, tmp_path, monkeypatch):
     elif kind == "htcondor":
         request.getfixturevalue("condor_testbed")
         name = "testbed-condor"
+    elif kind == "oar":
+        request.getfixturevalue("oar_testbed")
+        name = "oar-testbed"
     elif kind == "ssh":
         (sites / "lab-testbed.yaml").write_text(_shell_site("lab-testbed", "ssh",
                                                             connection_yaml(request.getfixturevalue("testbed"))))

@@ -29,7 +29,7 @@ def test_rendered_matches_golden(site, case, job):
             path.write_text(text)
         assert path.is_file(), f"missing golden file {path}"
         assert text == path.read_text(), f"{path} differs; re-record with GPUHUB_UPDATE_GOLDEN=1 if intended"
-    assert job.submit_argv[0] in {"sbatch", "condor_submit", "bash"}
+    assert job.submit_argv[0] in {"sbatch", "condor_submit", "oarsub", "bash"}
 
 
 def test_no_stale_golden_directories():

@@ -128,6 +128,9 @@ def test_array_jobs_share_the_array_id():
     assert {j.array_id for j in jobs.values()} == {"5"}
     assert sorted(j.array_index for j in jobs.values()) == [1, 2, 3]
     assert all(j.types == ("idempotent",) for j in jobs.values())
+    # The first job of an array has its own id as array id, like a plain job: --array tells them apart.
+    assert all(j.in_array for j in jobs.values())
+    assert not any(j.in_array for j in parse_oarstat(read("oarstat_terminated.json")).values())
 
 
 def test_resources_and_gpu_seconds():

@@ -73,10 +73,15 @@ pw_file() {
 }
 DB_PW=$(pw_file oar-db.password)
 DB_PW_RO=$(pw_file oar-db-ro.password)
-set_conf() {  # set_conf KEY VALUE: replace the (possibly commented) KEY= line
+conf_before=$(md5sum <"$OAR_CONF")
+set_conf() {  # set_conf KEY VALUE: replace the (possibly commented) KEY= line, or add it
   local key=$1 value=$2
   if ! grep -qx "$key=\"$value\"" "$OAR_CONF"; then
-    sed -i -E "s|^#?[[:space:]]*$key=.*|$key=\"$value\"|" "$OAR_CONF"
+    if grep -qE "^#?[[:space:]]*$key=" "$OAR_CONF"; then
+      sed -i -E "0,/^#?[[:space:]]*$key=/s|^#?[[:space:]]*$key=.*|$key=\"$value\"|" "$OAR_CONF"
+    else
+      printf '%s="%s"\n' "$key" "$value" >>"$OAR_CONF"
+    fi
   fi
 }
 set_conf DB_HOSTNAME 127.0.0.1
@@ -85,6 +90,9 @@ set_conf DB_BASE_PASSWD "$DB_PW"
 set_conf DB_BASE_PASSWD_RO "$DB_PW_RO"
 # The cgroup (v1) job resource manager cannot work here: without this key OAR skips it.
 sed -i -E 's|^JOB_RESOURCE_MANAGER_PROPERTY_DB_FIELD=|#&|' "$OAR_CONF"
+# Tests submit jobs one after the other: let the scheduler run every second, not every 5 s.
+set_conf SCHEDULER_MIN_TIME_BETWEEN_2_CALLS 1
+conf_changed=$([ "$(md5sum <"$OAR_CONF")" = "$conf_before" ] && echo no || echo yes)
 
 # ---- database -----------------------------------------------------------------------------------
 psql_admin() { runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" "$@"; }
@@ -111,6 +119,10 @@ done
 # ---- oar-server (Almighty, port 6666) -----------------------------------------------------------
 # /proc/PID/comm of the Perl daemon is "Almighty".
 almighty_ok() { pid_alive "$SERVER_PID" Almighty; }
+if [ "$conf_changed" = yes ] && almighty_ok; then
+  log "oar: oar.conf changed, restarting Almighty"
+  stop_pidfile "$SERVER_PID" Almighty   # jobs run detached from the server and survive this
+fi
 if ! almighty_ok; then
   /usr/sbin/oar-server   # daemonises, writes $SERVER_PID
   wait_until 15 almighty_ok || die "Almighty did not start" /var/log/oar.log

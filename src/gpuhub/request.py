@@ -102,6 +102,17 @@ class JobRequest(BaseModel):
         return self
 
 
+def array_indices(spec: str) -> tuple[list[int], int | None]:
+    """Indices of an array spec and its limit of tasks at once: ``0-4:2,9%3`` -> ([0, 2, 4, 9], 3)."""
+    body, _, throttle = spec.partition("%")
+    indices: list[int] = []
+    for chunk in body.split(","):
+        rng, _, step = chunk.partition(":")
+        lo, _, hi = rng.partition("-")
+        indices.extend(range(int(lo), int(hi or lo) + 1, int(step or 1)))
+    return indices, int(throttle) if throttle else None
+
+
 def array_size(spec: str) -> int:
     """Number of tasks an array spec expands to (``0-49%5`` -> 50); ValueError when out of bounds."""
     body, _, throttle = spec.partition("%")

@@ -257,8 +257,15 @@ class Accounting(Strict):
     normalization: GpuHourFactors = Field(
         default_factory=dict, description="GPU-hour weight per gpu_model (a100: 2.0 = one A100 hour counts 2)"
     )
-    source: Literal["sacct", "condor_history", "ledger"] | None = None
+    source: Literal["sacct", "condor_history", "oarstat", "ledger"] | None = None
     site_tools: list[str] = Field(default_factory=list, description="the site's own accounting commands")
+
+
+class OarSettings(Strict):
+    """Names of an OAR cluster's resource properties (GRICAD's; Grid'5000 spells the model gpu_model)."""
+
+    gpu_property: Token = Field("gpu", description="property whose distinct values count a job's GPUs (-l .../gpu=N)")
+    model_property: Token = Field("gpumodel", description="property naming each GPU's model")
 
 
 # One name per backend of gpuhub.backends.BACKENDS (a new scheduler adds its name here too).
@@ -272,7 +279,7 @@ class HTCondorSettings(Strict):
     )
 
 
-Scheduler = Literal["slurm", "htcondor", "ssh", "local"]
+Scheduler = Literal["slurm", "htcondor", "oar", "ssh", "local"]
 
 
 class Site(Strict):
@@ -299,6 +306,7 @@ class Site(Strict):
     template: str | None = Field(None, description="template file replacing the scheduler's default")
     accounting: Accounting = Field(default_factory=Accounting)
     htcondor: HTCondorSettings = Field(default_factory=HTCondorSettings, description="HTCondor sites only")
+    oar: OarSettings = Field(default_factory=OarSettings, description="OAR sites only: resource property names")
     unverified: list[str] = Field(
         default_factory=list, description="dotted paths of values not yet confirmed on the live site"
     )

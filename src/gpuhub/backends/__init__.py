@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 BACKENDS = {
     "slurm": "gpuhub.backends.slurm:SlurmBackend",
     "htcondor": "gpuhub.backends.htcondor:HTCondorBackend",
+    "oar": "gpuhub.backends.oar:OarBackend",
     "ssh": "gpuhub.backends.shell:SSHBackend",
     "local": "gpuhub.backends.shell:LocalBackend",
 }

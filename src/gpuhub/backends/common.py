@@ -23,6 +23,13 @@ def safe_job_name(name: str) -> str:
     return cleaned or "gpuhub"
 
 
+def log_paths(scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
+    """``LOG_DIR/NAME-ID.out`` (array task: ``NAME-ID_TASK.out``) and ``.err``: Slurm's ``%x-%j``
+    (``%x-%A_%a``), which the OAR script reproduces."""
+    stem = f"{log_dir}/{safe_job_name(job_name)}-{scheduler_id}" + (f"_{task}" if task is not None else "")
+    return f"{stem}.out", f"{stem}.err"
+
+
 def job_env(alloc: Allocation) -> dict[str, str]:
     """Environment of the job: gpuhub's facts, then site, partition and user values (user wins)."""
     req = alloc.request

@@ -18,6 +18,7 @@ from gpuhub.backends.base import Backend, Capabilities, SiteProblem
 from gpuhub.backends.common import combine_tasks, job_env, safe_job_name, setup_lines
 from gpuhub.backends.htcondor_parse import job_status, parse_ads, parse_terse, token_constraint
 from gpuhub.errors import RequestError
+from gpuhub.request import array_indices
 from gpuhub.site import TOKEN_RE
 from gpuhub.transport.base import CommandError
 
@@ -40,16 +41,6 @@ STATUS_ATTRS = ("ClusterId,ProcId,JobStatus,HoldReason,HoldReasonCode,RemoveReas
                 "LastRemoteHost")
 # cd into the submission's directory ($1, ~/ understood), then run the submit command.
 _IN_DIR = 'd=$1; shift; case $d in "~/"*) d=$HOME/${d#"~/"} ;; esac; cd -- "$d" && exec "$@"'
-
-
-def array_indices(spec: str) -> tuple[list[int], int | None]:
-    body, _, throttle = spec.partition("%")
-    indices: list[int] = []
-    for chunk in body.split(","):
-        rng, _, step = chunk.partition(":")
-        lo, _, hi = rng.partition("-")
-        indices.extend(range(int(lo), int(hi or lo) + 1, int(step or 1)))
-    return indices, int(throttle) if throttle else None
 
 
 def _submit_line(d: str) -> bool:

@@ -24,6 +24,8 @@ from gpuhub.states import JobStatus, State
 
 _JOB_ID_RE = re.compile(r"^OAR_JOB_ID=(\d+)$", re.MULTILINE)
 _ARRAY_ID_RE = re.compile(r"^OAR_ARRAY_ID=(\d+)$", re.MULTILINE)
+# In initial_request: the command line, then "; #OAR ..." for each line oarsub -S scanned.
+_ARRAY_OPTION = re.compile(r"(?:^|[\s;])--array(?:-param-file)?[\s=]")
 
 _OAR_STATES = {
     "Waiting": State.PENDING,
@@ -97,6 +99,7 @@ class OarJob:
     command: str  # what OAR runs: the script path for `oarsub -S`
     submitted: int | None
     wanted: str  # the resources asked: -l "{type = 'default'}/network_address=1/gpu=2,walltime=..."
+    in_array: bool  # submitted with --array (its first job's array_id is its own id, like a plain job)
 
     @property
     def status(self) -> JobStatus:
@@ -141,6 +144,7 @@ def _job(key: str, raw: dict[str, Any]) -> OarJob:
         command=text("command"),
         submitted=_epoch(raw.get("submissionTime")),
         wanted=text("wanted_resources"),
+        in_array=bool(_ARRAY_OPTION.search(text("initial_request"))),
     )
 
 

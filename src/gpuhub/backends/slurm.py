@@ -11,6 +11,7 @@ from gpuhub.backends.common import (
     combine_tasks,
     job_env,
     launch,
+    log_paths,
     requeue_lead,
     safe_job_name,
     setup_lines,
@@ -124,6 +125,8 @@ class SlurmBackend(Backend):
             "env": job_env(alloc),
             "setup": setup_lines(alloc),
             "array_var": "SLURM_ARRAY_TASK_ID" if alloc.request.array else None,
+            "requeue_flag": f"${{SLURM_SUBMIT_DIR:-$PWD}}/{alloc.site.log_dir}/.checkpoint-$SLURM_JOB_ID",
+            "requeue_step": 'scontrol requeue "$SLURM_JOB_ID"\n  exit 0',
         }
 
     def submit_argv(self) -> list[str]:
@@ -193,8 +196,7 @@ class SlurmBackend(Backend):
         transport.run(["scancel", *ids], timeout=timeout)
 
     def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
-        stem = f"{log_dir}/{safe_job_name(job_name)}-{scheduler_id}" + (f"_{task}" if task is not None else "")
-        return f"{stem}.out", f"{stem}.err"
+        return log_paths(scheduler_id, job_name, log_dir, task)
 
     # --- accounting and live GPUs ----------------------------------------------------------
 
