@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub.accounting import sacct, store
+from gpuhub.accounting import sacct, store, store_db
 from gpuhub.accounting.records import from_epoch, to_epoch
 from gpuhub.accounting.sacct import ParseStats, parse_sacct
 from gpuhub.accounting.store import Filters, open_store
@@ -94,7 +94,7 @@ def snapshot(path: Path) -> tuple[list[tuple], list[tuple], tuple]:
 @pytest.fixture(params=["in-process", "forked"])
 def parser_mode(request, monkeypatch):
     """Small chunks and groups, so that a few thousand lines make many; the parser forked or not."""
-    monkeypatch.setattr(store, "_BULK_PER_INSERT", 97)
+    monkeypatch.setattr(store_db, "BULK_PER_INSERT", 97)
     if request.param == "forked":
         if not sys.platform.startswith("linux"):
             pytest.skip("the parser is forked on Linux only")
