@@ -27,6 +27,7 @@ def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     monkeypatch.setenv("GPUHUB_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("GPUHUB_SYSTEM_CONFIG_DIR", str(home / "etc"))
     monkeypatch.setenv("GPUHUB_DATA_DIR", str(home / "data"))
+    monkeypatch.setenv("GPUHUB_CACHE_DIR", str(home / "cache"))
     monkeypatch.delenv("GPUHUB_SITES", raising=False)
     monkeypatch.delenv("GPUHUB_SITE", raising=False)
     return home

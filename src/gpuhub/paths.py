@@ -46,3 +46,9 @@ def user_sites_dir() -> Path:
 def user_data_dir() -> Path:
     override = os.environ.get("GPUHUB_DATA_DIR")
     return Path(override) if override else Path(_platform().user_data_dir)  # type: ignore[attr-defined]
+
+
+def user_cache_dir() -> Path:
+    """Files gpuhub can always rebuild (``~/.cache/gpuhub`` on Linux)."""
+    override = os.environ.get("GPUHUB_CACHE_DIR")
+    return Path(override) if override else Path(_platform().user_cache_dir)  # type: ignore[attr-defined]

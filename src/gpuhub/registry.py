@@ -13,17 +13,18 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from pydantic import ValidationError
-
-from gpuhub import yaml_limits
+from gpuhub import sitecache
 from gpuhub.errors import ConfigError, shown
 from gpuhub.paths import shipped_dir, system_sites_dir, user_sites_dir
-from gpuhub.site import Site
 
-SUFFIXES = (".yaml", ".yml")
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from gpuhub.site import Site
+
+SUFFIXES = sitecache.SUFFIXES
 MAX_PROBLEMS = 50  # problems of one site file reported
 
 
@@ -60,79 +61,11 @@ def _site_files(directory: Path) -> Iterator[Path]:
             yield path
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe loader that refuses duplicate keys (a silent override is an admin's worst bug)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {shown(key)} (first at line {seen[key] + 1})", mark
-            )
-        seen[key] = key_node.start_mark.line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-# YAML 1.1 reads 20:00:00 as the base-60 number 72000; in a site file it is always a walltime.
-# Keep such scalars as strings by dropping the sexagesimal int and float resolvers.
-_SEXAGESIMAL = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _SEXAGESIMAL]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    list("-+0123456789"),
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse one site file; any problem becomes a one-line ConfigError naming file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    try:
-        yaml_limits.check(text, path)
-        data = yaml.load(text, Loader=_Loader)
-    except yaml_limits.YamlLimitError as exc:
-        where = f"{path}:{exc.mark.line + 1}:{exc.mark.column + 1}" if exc.mark else str(path)
-        raise ConfigError(f"{where}: {exc}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = " ".join((exc.problem or exc.context or "invalid YAML").split())[:200]
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {shown(str(exc), 200)}") from None
-    except (ValueError, RecursionError, MemoryError) as exc:  # a value the constructor cannot build
-        raise ConfigError(f"{path}: unreadable value: {shown(str(exc))}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a site file is a mapping of keys (name:, scheduler:, ...), not a {_kind(data)}")
-    return data
+    from gpuhub.siteyaml import read_yaml as read
 
-
-def _kind(value: Any) -> str:
-    return {list: "list", str: "string", int: "number", float: "number"}.get(type(value), type(value).__name__)
+    return read(path)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -185,10 +118,78 @@ class SiteError(ConfigError):
 
 def load_site(name: str) -> Site:
     """The merged, validated site ``name``; ConfigError if unknown or invalid."""
-    sources = site_sources(name)
-    if not sources:
+    if not SITE_NAME_RE.fullmatch(name):
+        site_sources(name)  # raises the error that explains site names
+    entry = validated().get(name)
+    if entry is None:
         raise ConfigError(unknown_site_message(name, site_names()))
-    return build_site(name, sources)
+    if entry.error is not None:
+        raise entry_error(entry)
+    return sitecache.site_from(entry)
+
+
+def entry_error(entry: sitecache.Entry) -> ConfigError:
+    """The error a site's files raised when they were validated, as it was raised then."""
+    exc = ConfigError(entry.error or "")
+    exc.problems = entry.problems or [exc.message]  # type: ignore[attr-defined]
+    return exc
+
+
+_MEMO: dict[str, Any] = {}
+
+
+def validated() -> dict[str, sitecache.Entry]:
+    """Every configured site, validated: from the cache when no file changed, else read again."""
+    current = [(layer.name, layer.path) for layer in layers()]
+    key = sitecache.fingerprint(current)
+    if _MEMO.get("key") == key:
+        return _MEMO["sites"]
+    sites = sitecache.load(current, key)
+    if sites is None:
+        sites = {name: _entry(name) for name in site_names()}
+        sitecache.save(current, key, sites)
+    _MEMO.update(key=key, sites=sites)
+    return sites
+
+
+def _entry(name: str) -> sitecache.Entry:
+    import pickle
+
+    files = [(layer.name, str(layer.path / f"{name}{suffix}")) for layer in layers() for suffix in SUFFIXES
+             if (layer.path / f"{name}{suffix}").is_file()]
+    try:
+        sources = site_sources(name)
+        site = build_site(name, sources)
+    except ConfigError as exc:
+        return sitecache.Entry(files, error=exc.message, problems=getattr(exc, "problems", None) or [exc.message])
+    from gpuhub.siteview import describe
+
+    views = {"json": site.model_dump(mode="json"), "text": describe(site, sources)}
+    return sitecache.Entry(files, site=pickle.dumps(site, protocol=pickle.HIGHEST_PROTOCOL),
+                           summary=summary(site), views=views)
+
+
+def summary(site: Site) -> dict[str, Any]:
+    """What `gpuhub sites list` shows of a site."""
+    return {
+        "name": site.name,
+        "scheduler": site.scheduler,
+        "host": site.connection.host if site.connection else None,
+        "description": site.description,
+        "partitions": list(site.partitions),
+        "gpu_models": sorted({p.gpu_model for p in site.partitions.values() if p.gpu_model}),
+    }
+
+
+def site_entry(name: str) -> sitecache.Entry:
+    """The validated site ``name`` with its files and views; ConfigError if unknown or invalid."""
+    entry = validated().get(name) if SITE_NAME_RE.fullmatch(name) else None
+    if entry is None:
+        load_site(name)  # raises the right error
+    assert entry is not None
+    if entry.error is not None:
+        raise entry_error(entry)
+    return entry
 
 
 def unknown_site_message(name: str, known: list[str]) -> str:
@@ -203,6 +204,10 @@ def unknown_site_message(name: str, known: list[str]) -> str:
 
 
 def build_site(name: str, sources: list[SiteSource]) -> Site:
+    from pydantic import ValidationError
+
+    from gpuhub.site import Site
+
     merged: dict[str, Any] = {}
     for src in sources:
         merged = deep_merge(merged, src.data)
@@ -283,6 +288,8 @@ def _describe(err: dict[str, Any], loc: tuple[str, ...]) -> str:
 def _allowed_keys(parent: tuple[str, ...]) -> list[str]:
     from pydantic import BaseModel
 
+    from gpuhub.site import Site
+
     model: Any = Site
     for part in parent:
         field = model.model_fields.get(part) if isinstance(model, type) else None
@@ -333,21 +340,6 @@ def _depth(data: Any, loc: tuple[str, ...]) -> int:
 
 
 def _line_of(path: Path, loc: Iterable[str]) -> int:
-    """1-based line of the deepest node of ``loc`` present in the file (1 if none)."""
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
-        return 1
-    line = node.start_mark.line if node else 0
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if str(k.value) == part), None)
-            if match is None:
-                break
-            line, node = match[0].start_mark.line, match[1]
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line
-        else:
-            break
-    return line + 1
+    from gpuhub.siteyaml import line_of
+
+    return line_of(path, loc)

@@ -105,7 +105,9 @@ EnvVars = Annotated[dict[str, str], AfterValidator(_check_env)]
 
 class Strict(BaseModel):
     # No NaN or infinity anywhere: a `.nan` weight or timeout is always a mistake.
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+    # defer_build: a site from the validated-site cache never needs its validators built.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False,
+                              defer_build=True)
 
 
 class QoS(Strict):

@@ -41,6 +41,9 @@ class LazyGroup(click.Group):
         and an unexpected exception is reported, not dumped (GPUHUB_DEBUG=1 shows the traceback)."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        # The command line uses no pydantic plugin, and looking for them reads the metadata of
+        # every installed package: a good part of the start-up time of `render`.
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.UsageError as exc:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from gpuhub import registry
 from gpuhub.cli.output import complete_site, emit_json, note, table
 from gpuhub.errors import ConfigError
-from gpuhub.paths import user_sites_dir
-from gpuhub.site import Site
-from gpuhub.units import format_walltime
+
+if TYPE_CHECKING:
+    from gpuhub.site import Site
 
 
 @click.group()
@@ -27,19 +28,15 @@ def sites() -> None:
     """
 
 
-def _load_all() -> tuple[list[tuple[Site, list[registry.SiteSource]]], list[ConfigError]]:
+def _load_all() -> tuple[list[tuple[dict, list[registry.SiteSource]]], list[ConfigError]]:
+    """(summary, files) of every valid site and the error of every invalid one, from the site cache."""
     good, bad = [], []
-    for name in registry.site_names():
-        try:
-            sources = registry.site_sources(name)
-            good.append((registry.build_site(name, sources), sources))
-        except ConfigError as exc:
-            bad.append(exc)
+    for entry in registry.validated().values():
+        if entry.error is not None:
+            bad.append(registry.entry_error(entry))
+        else:
+            good.append((entry.summary, [registry.SiteSource(layer, Path(path), {}) for layer, path in entry.sources]))
     return good, bad
-
-
-def _host(site: Site) -> str:
-    return site.connection.host if site.connection else "-"
 
 
 @sites.command("list")
@@ -54,23 +51,11 @@ def list_cmd(as_json: bool) -> None:
     """
     good, bad = _load_all()
     if as_json:
-        emit_json(
-            [
-                {
-                    "name": s.name,
-                    "scheduler": s.scheduler,
-                    "host": s.connection.host if s.connection else None,
-                    "description": s.description,
-                    "partitions": list(s.partitions),
-                    "gpu_models": _models(s),
-                    "files": [{"layer": src.layer, "path": str(src.path)} for src in srcs],
-                }
-                for s, srcs in good
-            ]
-        )
+        emit_json([{**s, "files": [{"layer": src.layer, "path": str(src.path)} for src in srcs]} for s, srcs in good])
     else:
         rows = [
-            (s.name, s.scheduler, _host(s), ",".join(_models(s)) or "-", _layers(srcs), s.description)
+            (s["name"], s["scheduler"], s["host"] or "-", ",".join(s["gpu_models"]) or "-", _layers(srcs),
+             s["description"])
             for s, srcs in good
         ]
         click.echo(table(["site", "scheduler", "host", "gpus", "from", "description"], rows))
@@ -78,10 +63,6 @@ def list_cmd(as_json: bool) -> None:
         note(f"gpuhub: invalid site file: {exc.message}")
     if bad:
         sys.exit(2)
-
-
-def _models(site: Site) -> list[str]:
-    return sorted({p.gpu_model for p in site.partitions.values() if p.gpu_model})
 
 
 def _layers(sources: list[registry.SiteSource]) -> str:
@@ -100,71 +81,12 @@ def show_cmd(site: str, as_json: bool) -> None:
       gpuhub sites show jean-zay
       gpuhub sites show jean-zay --json
     """
-    sources = registry.site_sources(site)
-    obj = registry.load_site(site)
+    entry = registry.site_entry(site)  # kept by the site cache: showing a site loads no model
     if as_json:
         # Exactly a site file (valid against `gpuhub sites schema`); `sites list --json` names the files.
-        emit_json(obj.model_dump(mode="json"))
+        emit_json(entry.views["json"])
         return
-    click.echo(_describe(obj, sources))
-
-
-def _describe(site: Site, sources: list[registry.SiteSource]) -> str:
-    def mark(path: str) -> str:
-        return " (unverified)" if site.is_unverified(path) else ""
-
-    out = [f"{site.name}: {site.description}".rstrip(": "), f"  scheduler     {site.scheduler}"]
-    if site.connection:
-        c = site.connection
-        target = f"{c.user + '@' if c.user else ''}{c.host}{':' + str(c.port) if c.port else ''}"
-        out.append(f"  login         {target}{mark('connection.host')}")
-        if c.proxy_jump:
-            out.append(f"  proxy jump    {c.proxy_jump}")
-        if c.ip_restricted:
-            out.append("  access        registered client addresses only (use a VPN or a proxy jump)")
-    if site.account.format or site.account.required:
-        req = "required" if site.account.required else "optional"
-        out.append(f"  account       {site.account.format or '{project}'} ({req}){mark('account')}")
-    if site.defaults.project or site.defaults.account:
-        out.append(f"  your default  project={site.defaults.project} account={site.defaults.account}")
-    for label, items, path in [
-        ("directives", site.directives, "directives"),
-        ("setup", site.setup, "setup"),
-    ]:
-        if items:
-            out.append(f"  {label:<13} {'; '.join(items)}{mark(path)}")
-    if site.env:
-        out.append(f"  env           {' '.join(f'{k}={v}' for k, v in site.env.items())}{mark('env')}")
-    out.append("")
-    rows = []
-    for key, p in site.partitions.items():
-        base = f"partitions.{key}"
-        star = "*" if key == site.partition_key() else ""
-        qos = ", ".join(
-            f"{q.name}<={format_walltime(q.max_walltime)}" if q.max_walltime else q.name for q in p.qos
-        )
-        rows.append(
-            (
-                key + star,
-                (p.partition or "(default)") + mark(f"{base}.partition"),
-                (p.gpu_model or "-") + mark(f"{base}.gpu_model"),
-                str(p.gpus_per_node) + mark(f"{base}.gpus_per_node"),
-                (str(p.cpus_per_gpu) if p.cpus_per_gpu else "-") + mark(f"{base}.cpus_per_gpu"),
-                (format_walltime(p.max_walltime) if p.max_walltime else "-") + mark(f"{base}.max_walltime"),
-                (qos or "-") + mark(f"{base}.qos"),
-            )
-        )
-    out.append(table(["partition", "slurm name", "gpu", "gpus/node", "cpus/gpu", "max time", "qos"], rows))
-    out.append("  (* = default partition)")
-    if site.accounting.normalization:
-        factors = ", ".join(f"{m}={f:g}" for m, f in site.accounting.normalization.items())
-        out.append(f"\nGPU-hour normalisation: {factors}{mark('accounting.normalization')}")
-    if site.unverified:
-        out.append(f"\nUnverified values (check on the live site): {', '.join(site.unverified)}")
-    out.append("\nFiles (lowest layer first):")
-    out.extend(f"  {src.layer:<12} {src.path}" for src in sources)
-    out.append(f"Your overrides go in {user_sites_dir() / (site.name + '.yaml')}")
-    return "\n".join(out)
+    click.echo(entry.views["text"])
 
 
 @sites.command("validate")
@@ -185,7 +107,7 @@ def validate_cmd(paths: tuple[Path, ...]) -> None:
     if not paths:
         good, bad = _load_all()
         for site, srcs in good:
-            click.echo(f"ok  {site.name}  ({', '.join(str(s.path) for s in srcs)})")
+            click.echo(f"ok  {site['name']}  ({', '.join(str(s.path) for s in srcs)})")
         for exc in bad:
             for line in _problems(exc):
                 click.echo(f"gpuhub: {line}", err=True)
@@ -247,6 +169,8 @@ def schema_cmd() -> None:
       # then, first line of a site file:
       # yaml-language-server: $schema=~/.config/gpuhub/site.schema.json
     """
+    from gpuhub.site import Site
+
     schema = _without_required(Site.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "gpuhub site configuration"

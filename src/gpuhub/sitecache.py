@@ -1,0 +1,149 @@
+"""Validated sites kept between runs, so a command that contacts no site starts fast.
+
+Reading and validating every site file (YAML, then the pydantic models) costs far more than the
+rest of a ``gpuhub render``. The result is kept in the user cache directory, keyed by everything it
+was made from: the path, size, modification and change time and inode of every site file in every
+layer, the gpuhub version and the code that validates them. Any change to any of these is a miss,
+and the files are read again; a cache is never trusted across changed files.
+
+The cache is a pickle, read only from a file the user owns that nobody else can write, in a
+directory nobody else can write (the same trust as the user's own ``~/.bashrc``). It is written
+atomically (temporary file, then rename): a crash leaves the old file or the new one. A missing,
+damaged or stale cache is simply rebuilt; ``GPUHUB_SITE_CACHE=off`` disables it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuhub import __version__
+
+FORMAT = 1
+SUFFIXES = (".yaml", ".yml")
+_PACKAGE = Path(__file__).resolve().parent
+# The code whose behaviour a cached result depends on: a change to it (a checkout being worked
+# on) is a miss, like a change to a site file.
+_CODE_DIRS = (_PACKAGE, _PACKAGE / "backends")
+
+
+@dataclass
+class Entry:
+    """One site: the files it comes from, then either the validated site or the error it raised."""
+
+    sources: list[tuple[str, str]]  # (layer, path), lowest layer first
+    site: bytes | None = None  # pickled Site
+    error: str | None = None  # the first problem, as commands using the site print it
+    problems: list[str] | None = None  # every problem, for `sites validate`
+    summary: dict[str, Any] = field(default_factory=dict)  # what `sites list` shows
+    views: dict[str, Any] = field(default_factory=dict)  # what `sites show` prints: "text", "json"
+
+
+def cache_dir() -> Path:
+    from gpuhub.paths import user_cache_dir
+
+    return user_cache_dir()
+
+
+def enabled() -> bool:
+    return os.environ.get("GPUHUB_SITE_CACHE", "on").lower() not in ("off", "0", "no", "false")
+
+
+def _stats(directory: Path, suffixes: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        if not entry.name.endswith(suffixes) or entry.name.startswith("."):
+            continue
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append((entry.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return out
+
+
+def fingerprint(layers: list[tuple[str, Path]]) -> tuple[Any, ...]:
+    """Everything the validated sites depend on; equal fingerprints mean equal results."""
+    code = [s for d in _CODE_DIRS for s in _stats(d, (".py",))]
+    files = [(name, str(path), _stats(path, SUFFIXES)) for name, path in layers]
+    return (FORMAT, __version__, sys.version, _pydantic_stamp(), tuple(map(tuple, code)), repr(files))
+
+
+def _pydantic_stamp() -> tuple[Any, ...]:
+    """Where pydantic is and when it was installed: an upgrade changes how pickles load."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pydantic")
+    origin = spec.origin if spec and spec.origin else ""
+    try:
+        st = os.stat(origin)
+    except OSError:
+        return (origin,)
+    return (origin, st.st_mtime_ns, st.st_size)
+
+
+def _file_for(layers: list[tuple[str, Path]]) -> Path:
+    digest = hashlib.sha256(repr([(n, str(p)) for n, p in layers]).encode()).hexdigest()[:16]
+    return cache_dir() / f"sites-{digest}.pickle"
+
+
+def _private(path: Path, st: os.stat_result) -> bool:
+    """Owned by this user and writable by nobody else."""
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def load(layers: list[tuple[str, Path]], key: tuple[Any, ...]) -> dict[str, Entry] | None:
+    """The cached sites for these layers, or None when there is no usable, up-to-date cache."""
+    if not enabled():
+        return None
+    path = _file_for(layers)
+    try:
+        with open(path, "rb") as handle:
+            if not (_private(path, os.fstat(handle.fileno())) and _private(path.parent, os.stat(path.parent))):
+                return None
+            data = handle.read()
+        stored = pickle.loads(data)
+    except Exception:  # missing, unreadable, truncated or from another version: rebuilt by the caller
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("sites"), dict):
+        return None
+    return stored["sites"]
+
+
+def save(layers: list[tuple[str, Path]], key: tuple[Any, ...], sites: dict[str, Entry]) -> None:
+    """Write the cache atomically; failing to write it is never an error (it is only a cache)."""
+    if not enabled():
+        return
+    import tempfile
+
+    path = _file_for(layers)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sites-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pickle.dumps({"key": key, "sites": sites}, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def site_from(entry: Entry) -> Any:
+    """The validated Site of an entry (the caller has checked it has one)."""
+    assert entry.site is not None
+    return pickle.loads(entry.site)
