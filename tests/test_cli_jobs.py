@@ -215,3 +215,17 @@ def test_jobs_prune_keeps_recent_jobs_and_checks_its_age(gpuhub):
     bad = gpuhub("jobs", "prune", "--older-than", "soon", check=False)
     assert bad.returncode == 2 and "--older-than" in bad.stderr and "age 'soon' is not understood" in bad.stderr
     assert gpuhub("jobs", "prune", "--older-than", "200000d", check=False).returncode == 2
+
+
+def test_time_limit_is_kept_on_this_machine(gpuhub):
+    """--time on a site without a scheduler: TERM to the whole job at the limit; the job is `timeout`."""
+    proc = gpuhub("submit", "--wait", "--time", "2s", "--", "bash", "-c", "echo start; sleep 60 & wait; echo never",
+                  check=False)
+    assert proc.returncode == 143 and "timeout (exit 143)" in proc.stdout
+    record = json.loads(gpuhub("jobs", "--json").stdout)[0]
+    assert record["state"] == "timeout" and "time limit reached" in record["reason"]
+    assert record["ended_at"] - record["started_at"] < 20
+    assert gpuhub("logs", "last").stdout == "start\n"
+    rendered = gpuhub("render", "--time", "2s", "--", "true").stderr
+    assert "time limit 00:00:02 kept by gpuhub" in rendered
+    assert "no time limit" in gpuhub("render", "--", "true").stderr

@@ -11,6 +11,7 @@ import gzip
 import http.client
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,12 +253,17 @@ def test_command_serves_a_lab_server_and_stops_on_sigterm(tmp_path):
         "GPUHUB_SITES": str(sites),
         "GPUHUB_LEDGER": str(tmp_path / "no-ledger.sqlite"),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuhub", "exporter", "--port", "0", "--interval", "0.2"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    body = _scrape_exporter(env, [], 'gpuhub_gpus_unavailable{gpu_model="a40",site="lab"} 1.0')
+    assert 'gpuhub_gpus_allocated{gpu_model="a40",site="lab"} 2.0' in body
+    assert 'gpuhub_site_up{scheduler="local",site="lab"} 1.0' in body
+    assert "gpuhub_ledger_up 0.0" in body  # a missing ledger is reported, never created
+    assert not (tmp_path / "no-ledger.sqlite").exists()
+
+
+def _scrape_exporter(env: dict[str, str], args: list[str], needle: str) -> str:
+    """Start the real `gpuhub exporter`, scrape it until ``needle`` shows, stop it with SIGTERM."""
+    proc = subprocess.Popen([sys.executable, "-m", "gpuhub", "exporter", *args, "--port", "0", "--interval", "0.2"],
+                            env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         url = None
@@ -267,15 +273,42 @@ def test_command_serves_a_lab_server_and_stops_on_sigterm(tmp_path):
             url = re.search(r"serving (http://\S+)", line)
         deadline = time.monotonic() + 10
         body = ""
-        while 'gpuhub_gpus_unavailable{gpu_model="a40",site="lab"} 1.0' not in body:
+        while needle not in body:
             assert time.monotonic() < deadline, body
             time.sleep(0.1)
             with urllib.request.urlopen(url[1], timeout=5) as response:
                 body = response.read().decode()
-        assert 'gpuhub_gpus_allocated{gpu_model="a40",site="lab"} 2.0' in body
-        assert 'gpuhub_site_up{scheduler="local",site="lab"} 1.0' in body
-        assert "gpuhub_ledger_up 0.0" in body  # a missing ledger is reported, never created
-        assert not (tmp_path / "no-ledger.sqlite").exists()
+        return body
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def _path_without_nvidia_smi(directory: Path) -> str:
+    directory.mkdir(parents=True)
+    (directory / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
+    return str(directory)
+
+
+def test_machine_without_nvidia_smi_and_without_gpus_is_up(tmp_path, monkeypatch):
+    """The shipped `local` site declares 0 GPUs: no nvidia-smi there means no GPUs, not a down site."""
+    from gpuhub.exporter.poller import reader_for
+    from gpuhub.registry import load_site
+    from gpuhub.transport.local import LocalTransport
+
+    monkeypatch.setenv("PATH", _path_without_nvidia_smi(tmp_path / "bin"))
+    reading = reader_for(load_site("local"))(LocalTransport(), time.monotonic() + 10)
+    assert [(n.available, n.total) for n in reading.nodes] == [(True, {})]
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "lab.yaml").write_text("scheduler: local\npartitions:\n  gpu: {gpu_model: a40, gpus_per_node: 4}\n")
+    monkeypatch.setenv("GPUHUB_SITES", str(sites))
+    with pytest.raises(CommandError):  # GPUs declared but nvidia-smi missing: that site is down
+        reader_for(load_site("lab"))(LocalTransport(), time.monotonic() + 10)
+
+
+def test_exporter_reports_the_local_site_up_without_nvidia_smi(tmp_path):
+    env = {**os.environ, "PATH": _path_without_nvidia_smi(tmp_path / "bin"),
+           "GPUHUB_LEDGER": str(tmp_path / "no-ledger.sqlite")}
+    body = _scrape_exporter(env, ["--sites", "local"], "gpuhub_site_up{")
+    assert 'gpuhub_site_up{scheduler="local",site="local"} 1.0' in body

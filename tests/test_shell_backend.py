@@ -451,3 +451,48 @@ def test_lifecycle_over_ssh(ssh_site):
         SHELL.cancel(t, [done_id, long_id])
         t.run(["bash", "-c", REMOTE_CLEANUP, "cleanup", done_id, long_id], check=False)
         t.close()
+
+
+# --- time limits (no scheduler: gpuhub's watchdog keeps them) -------------------------------------
+
+
+def launch_with_limit(transport, jobs_dir: Path, script: str, limit: int, grace: int) -> str:
+    """Start a job through the real launcher with a time limit and a short TERM-to-KILL grace."""
+    token = new_token()
+    job = rendered(token, command=["bash", "-c", script])
+    transport.put_text(f"{shell.job_dir(token)}/job.sh", job.files["job.sh"], 0o755)
+    transport.run(["bash", "-c", shell.LAUNCHER, "gpuhub-launch", shell.job_dir(token), str(limit), str(grace)])
+    return token
+
+
+@needs_proc
+@pytest.mark.parametrize("script", ["sleep 300 & sleep 300; wait", "trap '' TERM; sleep 300 & sleep 300; wait"],
+                         ids=["honours-term", "ignores-term"])
+def test_time_limit_stops_the_whole_job(transport, jobs_dir, script):
+    """TERM to the whole job at the limit; what ignores it is killed once the grace period is over."""
+    job_id = launch_with_limit(transport, jobs_dir, script, limit=2, grace=2)
+    wait_for(transport, job_id, {State.RUNNING})
+    pgid = job_pid(jobs_dir, job_id)
+    status = wait_for(transport, job_id, {State.TIMEOUT, State.FAILED, State.COMPLETED}, timeout=20)
+    assert status.state == State.TIMEOUT and status.exit_code == "143"  # job.sh itself died of TERM
+    assert "time limit reached" in (status.reason or "")
+    wait_group_gone(pgid, timeout=15)  # every process, the watchdog last
+
+
+@needs_proc
+def test_job_within_its_limit_completes_and_leaves_nothing_behind(transport, jobs_dir):
+    job_id = start(transport, command=["bash", "-c", "echo quick"], time="1h")
+    status = wait_for(transport, job_id, {State.COMPLETED, State.FAILED, State.TIMEOUT})
+    assert status.state == State.COMPLETED
+    wait_group_gone(job_pid(jobs_dir, job_id))  # the watchdog does not outlive the job
+    assert not (jobs_dir / job_id / "timedout").exists()
+
+
+@needs_proc
+def test_cancel_of_a_time_limited_job(transport, jobs_dir):
+    job_id = start(transport, command=["sleep", "300"], time="1h")
+    wait_for(transport, job_id, {State.RUNNING})
+    pgid = job_pid(jobs_dir, job_id)
+    SHELL.cancel(transport, [job_id])
+    assert wait_for(transport, job_id, {State.CANCELLED, State.FAILED}).state == State.CANCELLED
+    wait_group_gone(pgid)

@@ -35,6 +35,8 @@ class Allocation:
     account: str | None
     launcher: str = "none"
     reasons: tuple[str, ...] = field(default=())
+    # When the job is stopped (seconds); None: it runs until it ends (no scheduler, no time asked).
+    time_limit: int | None = None
 
     @property
     def gpus(self) -> int:
@@ -58,6 +60,7 @@ class Allocation:
             "cpus_per_task": self.cpus_per_task,
             "mem": format_memory(self.mem_mib) if self.mem_mib else None,
             "walltime": format_walltime(self.walltime),
+            "time_limit": format_walltime(self.time_limit) if self.time_limit else None,
             "qos": self.qos,
             "account": self.account,
             "launcher": self.launcher,
@@ -156,13 +159,25 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
             f"of a node in partition {key!r}"
         )
 
+    from gpuhub.backends import backend_for
+    from gpuhub.backends.shell_scripts import KILL_AFTER
+
+    by_gpuhub = backend_for(site.scheduler).capabilities.time_limit == "gpuhub"
     walltime = req.time or site.defaults.time or part.default_walltime
+    time_limit = walltime
     if req.time is None and walltime is not None:
         origin = "defaults.time" if site.defaults.time else f"partitions.{key}.default_walltime"
         reasons.append(f"no --time given: {format_walltime(walltime)} from the site's {origin}")
     if walltime is None:
         walltime = min(DEFAULT_WALLTIME, part.max_walltime or DEFAULT_WALLTIME)
-        reasons.append(f"no --time given: {format_walltime(walltime)}")
+        if by_gpuhub:
+            reasons.append("no --time given: no time limit (no scheduler here; --time sets one)")
+        else:
+            time_limit = walltime
+            reasons.append(f"no --time given: {format_walltime(walltime)}")
+    elif by_gpuhub:
+        reasons.append(f"time limit {format_walltime(walltime)} kept by gpuhub (no scheduler here): TERM at the "
+                       f"limit, KILL {KILL_AFTER} s later")
     if part.max_walltime and walltime > part.max_walltime:
         raise RequestError(
             f"walltime {format_walltime(walltime)} is over the {format_walltime(part.max_walltime)} "
@@ -187,6 +202,7 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
         account=account,
         launcher=launcher,
         reasons=tuple(reasons),
+        time_limit=time_limit,
     )
 
 

@@ -92,7 +92,8 @@ class ShellBackend(Backend):
             raise GpuhubError(f"a shell job's main file must be {MAIN_FILE!r}, not {job.main_file!r}")
         for name, text in job.files.items():
             transport.put_text(f"{directory}/{name}", text, 0o755 if name == MAIN_FILE else 0o644)
-        result = transport.run(["bash", "-c", LAUNCHER, "gpuhub-launch", directory], timeout=timeout)
+        limit = str(job.allocation.time_limit or "")  # empty: no time limit
+        result = transport.run(["bash", "-c", LAUNCHER, "gpuhub-launch", directory, limit], timeout=timeout)
         self.parse_submit(result.stdout, directory)
         return token
 
@@ -147,14 +148,16 @@ class ShellBackend(Backend):
     def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:
         from gpuhub.exporter import nvidia
 
-        return nvidia.read(transport, deadline, site.connection.host if site.connection else "localhost")
+        host = site.connection.host if site.connection else "localhost"
+        declared = any(p.gpus_per_node for p in site.partitions.values())
+        return nvidia.read(transport, deadline, host, expect_gpus=declared)
 
 
 class LocalBackend(ShellBackend):
     """This machine."""
 
     name = "local"
-    capabilities = Capabilities(connection="none")
+    capabilities = Capabilities(connection="none", time_limit="gpuhub")
 
     def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
         """Absolute: on this machine they mean the same file whatever ``HOME`` is later."""
@@ -166,7 +169,7 @@ class SSHBackend(ShellBackend):
     """A machine reached over SSH (a lab GPU server)."""
 
     name = "ssh"
-    capabilities = Capabilities(connection="required")
+    capabilities = Capabilities(connection="required", time_limit="gpuhub")
 
 
 def _ids(ids: list[str]) -> str:
@@ -223,6 +226,8 @@ def parse_poll(stdout: str) -> dict[str, JobStatus]:
             reason = _exit_reason(code)
         elif state == State.CANCELLED:
             reason = "cancelled"
+        elif state == State.TIMEOUT:
+            reason = f"time limit reached: stopped by gpuhub ({_exit_reason(code)})" if code else "time limit reached"
         out[job_id] = JobStatus(
             state=state,
             reason=reason,

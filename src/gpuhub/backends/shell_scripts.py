@@ -38,41 +38,65 @@ _ST = r"""st() {
 }
 """
 
-# The detached job ($1 = its directory). It records its own pid ($$ is the session and process
-# group leader after setsid), then runs the script; TERM is trapped here only so that, once the
+KILL_AFTER = 30  # seconds between TERM and KILL when a job reaches its time limit
+
+# The detached job ($1 = its directory, $2 = its time limit in seconds or empty, $3 = seconds
+# from TERM to KILL at the limit). It records its own pid ($$ is the session and process group
+# leader after setsid), then runs the script; TERM is trapped here only so that, once the
 # script has died of it, the exit status is still recorded.
+# With a time limit, a watchdog in the same process group sends TERM to the whole job at the
+# limit (leaving the marker `timedout`), then KILL to whatever is left of it $3 s later (children
+# that ignore TERM included), as a scheduler does.
 _WRAPPER = (
     _ST
     + rf"""cd -- "$1" || exit 1
+limit=$2 grace=${{3:-{KILL_AFTER}}}
 trap : TERM
 st $$ || ST=-
 printf '%s %s %s\n' "$$" "$ST" "$(date +%s)" > pid.tmp && mv -f pid.tmp pid
+watchdog() {{
+  trap '' TERM
+  trap 'kill -KILL "$s" 2>/dev/null; exit 0' USR1
+  sleep "$1" & s=$!; wait "$s"
+  [ -e exitcode ] && exit 0
+  trap '' USR1
+  : > timedout
+  kill -TERM -- "-$$"
+  sleep "$grace" & s=$!; wait "$s"
+  [ -e exitcode ] || {{ printf '%s %s\n' 137 "$(date +%s)" > exitcode.tmp && mv -f exitcode.tmp exitcode; }}
+  kill -KILL -- "-$$"
+}}
 if [ -e cancelled ]; then
   rc=143
 else
+  w=
+  case $limit in ""|*[!0-9]*) ;; *) watchdog "$limit" & w=$! ;; esac
   bash {MAIN_FILE} > {STDOUT_FILE} 2> {STDERR_FILE}
   rc=$?
+  [ -z "$w" ] || kill -USR1 "$w" 2>/dev/null
 fi
 printf '%s %s\n' "$rc" "$(date +%s)" > exitcode.tmp && mv -f exitcode.tmp exitcode
 """
 )
 
-# Starts the job once ($1 = job directory) and prints its pid.
+# Starts the job once ($1 = job directory, $2 = time limit in seconds or empty, $3 = seconds from
+# TERM to KILL at the limit) and prints its pid.
 LAUNCHER = (
     _ROOT
     + rf"""d=$root
+limit=${{2-}} grace=${{3:-{KILL_AFTER}}}
 cd -- "$d" 2>/dev/null || {{ echo "gpuhub: no job directory $d" >&2; exit 1; }}
 [ -f {MAIN_FILE} ] || {{ echo "gpuhub: $d/{MAIN_FILE} is missing" >&2; exit 1; }}
 wrapper={shlex.quote(_WRAPPER)}
 if mkdir launch.lock 2>/dev/null; then
   # setsid -f forks by itself: no '&', so the job does not start with SIGINT ignored
   if setsid -f true </dev/null >/dev/null 2>&1; then
-    setsid -f nohup bash -c "$wrapper" gpuhub-job "$d" </dev/null >/dev/null 2>&1
+    setsid -f nohup bash -c "$wrapper" gpuhub-job "$d" "$limit" "$grace" </dev/null >/dev/null 2>&1
   elif command -v setsid >/dev/null 2>&1; then
-    setsid nohup bash -c "$wrapper" gpuhub-job "$d" </dev/null >/dev/null 2>&1 &
+    setsid nohup bash -c "$wrapper" gpuhub-job "$d" "$limit" "$grace" </dev/null >/dev/null 2>&1 &
   elif command -v perl >/dev/null 2>&1; then
-    nohup perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or exit 127' bash -c "$wrapper" gpuhub-job "$d" \
-      </dev/null >/dev/null 2>&1 &
+    nohup perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or exit 127' \
+      bash -c "$wrapper" gpuhub-job "$d" "$limit" "$grace" </dev/null >/dev/null 2>&1 &
   else
     echo "gpuhub: neither setsid nor perl is available to detach the job" >&2; rmdir launch.lock; exit 1
   fi
@@ -95,8 +119,9 @@ POLL = (
     + rf"""finished() {{
   [ -r "$d/exitcode" ] || return 1
   read -r code end < "$d/exitcode"
-  if [ "$code" = 0 ]; then w=completed
-  elif [ -e "$d/cancelled" ]; then w=cancelled
+  if [ -e "$d/cancelled" ] && [ "$code" != 0 ]; then w=cancelled
+  elif [ -e "$d/timedout" ]; then w=timeout
+  elif [ "$code" = 0 ]; then w=completed
   else w=failed
   fi
 }}

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from gpuhub.cli.output import complete_site, emit_json, note
 from gpuhub.cli.params import BoundedFloat, JobRef
@@ -161,13 +160,15 @@ def build_request(opts: dict[str, Any]) -> Any:
     if not fields.get("command") and script is None:
         raise click.UsageError("nothing to run: give a command after '--' (gpuhub render -- python train.py) "
                                "or --script FILE")
+    from pydantic import ValidationError
+
     try:
         return JobRequest(**fields)
     except ValidationError as exc:
         raise RequestError(_request_error(exc)) from None
 
 
-def _request_error(exc: ValidationError) -> str:
+def _request_error(exc: Any) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
@@ -228,7 +229,7 @@ def render(as_json: bool, output_dir: Path | None, **opts: Any) -> None:
     site = alloc.site
     where = f"over SSH to {site.connection.host}" if site.connection else "on this machine"
     note(f"gpuhub: site {site.name} ({site.scheduler}), {alloc.gpus} GPU(s) on {alloc.nodes} node(s), "
-         f"{alloc.summary()['walltime']}")
+         f"{alloc.summary()['time_limit'] or 'no time limit'}")
     for reason in alloc.reasons:
         note(f"gpuhub:   {reason}")
     used_unverified = [p for p in site.unverified if p.split(".")[:2] == ["partitions", alloc.partition_key]

@@ -47,9 +47,13 @@ def parse(stdout: str, node: str = "localhost") -> SiteReading:
     return SiteReading(nodes=nodes)
 
 
-def read(transport: Transport, deadline: float, node: str = "localhost") -> SiteReading:
+def read(transport: Transport, deadline: float, node: str = "localhost", expect_gpus: bool = True) -> SiteReading:
+    """The machine's GPUs. Where the site file declares none (``gpus_per_node: 0``), a machine
+    without a working nvidia-smi is up with no GPUs, not down."""
     result = transport.run(ARGV, timeout=max(0.5, deadline - time.monotonic()), check=False)
     reading = parse(result.stdout, node)
     if not any(n.total for n in reading.nodes) and (result.returncode != 0 or MARK not in result.stdout):
+        if not expect_gpus:
+            return SiteReading(nodes=[NodeGpus(node, True, {}, {})])
         raise CommandError(result, transport.where)  # no GPU listed and a failure: nvidia-smi missing or broken
     return reading
