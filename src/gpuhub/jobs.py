@@ -53,6 +53,8 @@ def submit(
     site: Site | str = "local",
     ledger: Ledger | None = None,
     timeout: float = 60.0,
+    attempt_of: int | None = None,
+    attempt: int = 1,
     **fields: Any,
 ) -> Job:
     """Submit a job and record it; returns a :class:`Job` handle.
@@ -79,6 +81,8 @@ def submit(
                 request=request.model_dump(mode="json", exclude_defaults=True),
                 plan=job.allocation.summary(),
                 script=job.files[job.main_file],
+                attempt_of=attempt_of,
+                attempt=attempt,
             )
         except sqlite3.Error as exc:
             raise GpuhubError(f"cannot record the job in the ledger {ledger.path}: {exc}; nothing was sent") from None
@@ -249,6 +253,14 @@ def cancel(records: Iterable[JobRecord], ledger: Ledger, timeout: float = 60.0) 
         site = load_site(site_name)
         backend_for(site.scheduler).cancel(transport_for(site), [r.scheduler_id for r in recs], timeout=timeout)
     refresh([r for recs in by_site.values() for r in recs], ledger, timeout)
+
+
+def cancel_if_pending(record: JobRecord, timeout: float = 60.0) -> None:
+    """Cancel ``record`` only while it is pending: a job that started meanwhile keeps running."""
+    if not record.scheduler_id:
+        return
+    site = load_site(record.site)
+    backend_for(site.scheduler).cancel_pending(transport_for(site), [record.scheduler_id], timeout=timeout)
 
 
 def read_log(record: JobRecord, stderr: bool = False) -> str:

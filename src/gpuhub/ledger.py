@@ -20,7 +20,7 @@ from gpuhub.errors import GpuhubError
 from gpuhub.paths import user_data_dir
 from gpuhub.states import JobStatus, State, exit_status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS jobs (
         id INTEGER PRIMARY KEY,
@@ -54,6 +54,23 @@ _SCHEMA = [
     )""",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
+# Schema 2: a logical job may have several attempts (failover between sites). Later attempts point
+# to the first with ``attempt_of``; ``failovers`` holds the plan's targets and the move in progress.
+_MIGRATIONS = {
+    2: [
+        "ALTER TABLE jobs ADD COLUMN attempt_of INTEGER REFERENCES jobs(id)",
+        "ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX IF NOT EXISTS jobs_attempt_of ON jobs (attempt_of)",
+        """CREATE TABLE IF NOT EXISTS failovers (
+            job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+            targets TEXT NOT NULL,
+            after REAL NOT NULL,
+            moving INTEGER,
+            done TEXT,
+            updated_at REAL NOT NULL
+        )""",
+    ],
+}
 
 
 def ledger_path() -> Path:
@@ -83,6 +100,8 @@ class JobRecord:
     started_at: float | None
     ended_at: float | None
     updated_at: float
+    attempt_of: int | None = None  # the first attempt of this logical job; None: this is the first
+    attempt: int = 1
 
     @property
     def exit_status(self) -> int | None:
@@ -115,6 +134,8 @@ class JobRecord:
             "ended_at": _not_before(self.ended_at, started or submitted),
             "log_out": _shown_path(self.log_out),
             "log_err": _shown_path(self.log_err),
+            "attempt": self.attempt,
+            "attempt_of": self.attempt_of,
         }
         if full:
             data.update(token=self.token, request=self.request, plan=self.plan, script=self.script)
@@ -180,12 +201,16 @@ class Ledger:
             for statement in _SCHEMA:
                 self.db.execute(statement)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise GpuhubError(
                     f"ledger {self.path} was written by a newer gpuhub (schema {row[0]}); upgrade gpuhub"
                 )
+            # A new ledger gets every migration too: one path, tested on every run.
+            have = int(row[0]) if row is not None else 1
+            for version in range(have + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version]:
+                    self.db.execute(statement)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -212,16 +237,18 @@ class Ledger:
         request: dict[str, Any],
         plan: dict[str, Any],
         script: str,
+        attempt_of: int | None = None,
+        attempt: int = 1,
     ) -> JobRecord:
         """Record a submission about to be sent (state ``submitting``); idempotent on ``token``."""
         now = time.time()
         with self.transaction() as db:
             db.execute(
                 """INSERT INTO jobs (token, site, scheduler, name, request, plan, script, state,
-                                     created_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token) DO NOTHING""",
+                                     created_at, updated_at, attempt_of, attempt)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (token) DO NOTHING""",
                 (token, site, scheduler, name, json.dumps(request), json.dumps(plan), script,
-                 State.SUBMITTING.value, now, now),
+                 State.SUBMITTING.value, now, now, attempt_of, attempt),
             )
             row = db.execute("SELECT id FROM jobs WHERE token = ?", (token,)).fetchone()
             db.execute("INSERT OR IGNORE INTO state_history VALUES (?, ?, ?)", (row[0], State.SUBMITTING.value, now))
@@ -283,11 +310,52 @@ class Ledger:
                 if row is None:
                     continue
                 db.execute("DELETE FROM state_history WHERE job_id = ?", (job_id,))
+                # A later attempt of a forgotten first attempt stands on its own from now on.
+                db.execute("DELETE FROM failovers WHERE job_id = ?", (job_id,))
+                db.execute("UPDATE jobs SET attempt_of = NULL WHERE attempt_of = ?", (job_id,))
                 db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
                 removed.append(_record(row))
         return removed
 
+    def start_failover(self, job_id: int, targets: list[dict[str, Any]], after: float) -> None:
+        """Let job ``job_id`` move along ``targets`` (its own site first) when pending ``after`` seconds."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO failovers (job_id, targets, after, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (job_id) DO NOTHING",
+                (job_id, json.dumps(targets), after, time.time()),
+            )
+
+    _UNSET: Any = object()
+
+    def set_failover(self, job_id: int, moving: Any = _UNSET, done: Any = _UNSET) -> None:
+        sets, args = ["updated_at = ?"], [time.time()]
+        if moving is not self._UNSET:
+            sets.append("moving = ?")
+            args.append(moving)
+        if done is not self._UNSET:
+            sets.append("done = ?")
+            args.append(done[:500] if done else done)
+        with self.transaction() as db:
+            db.execute(f"UPDATE failovers SET {', '.join(sets)} WHERE job_id = ?", (*args, job_id))
+
     # --- reads ----------------------------------------------------------------------------
+
+    def failover(self, job_id: int) -> Failover | None:
+        row = self.db.execute("SELECT * FROM failovers WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        return Failover(row["job_id"], json.loads(row["targets"]), row["after"], row["moving"], row["done"])
+
+    def active_failovers(self) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT job_id FROM failovers WHERE done IS NULL ORDER BY job_id")]
+
+    def attempts(self, job_id: int) -> list[JobRecord]:
+        """Every attempt of the logical job whose first attempt is ``job_id``, first first."""
+        rows = self.db.execute(
+            "SELECT * FROM jobs WHERE id = ? OR attempt_of = ? ORDER BY attempt, id", (job_id, job_id)
+        )
+        return [_record(r) for r in rows]
 
     def get(self, job_id: int) -> JobRecord:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -348,6 +416,15 @@ class Ledger:
     def history(self, job_id: int) -> list[tuple[str, float]]:
         rows = self.db.execute("SELECT state, at FROM state_history WHERE job_id = ? ORDER BY at", (job_id,))
         return [(r[0], r[1]) for r in rows]
+
+
+@dataclass(frozen=True)
+class Failover:
+    job_id: int  # the first attempt
+    targets: list[dict[str, Any]]  # {site, partition, gpu_model}, in plan order, the first site first
+    after: float  # seconds pending before a move
+    moving: int | None  # the attempt being cancelled to move on, if a move is under way
+    done: str | None  # why no more moves will happen, once none will
 
 
 def _record(row: sqlite3.Row) -> JobRecord:

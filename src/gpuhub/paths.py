@@ -49,6 +49,6 @@ def user_data_dir() -> Path:
 
 
 def user_cache_dir() -> Path:
-    """Files gpuhub can always rebuild (``~/.cache/gpuhub`` on Linux)."""
+    """Files gpuhub can always rebuild (``~/.cache/gpuhub`` on Linux): validated sites, live site readings."""
     override = os.environ.get("GPUHUB_CACHE_DIR")
     return Path(override) if override else Path(_platform().user_cache_dir)  # type: ignore[attr-defined]

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from gpuhub.backends.common import launch
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from gpuhub.backends.slurm_check import Finding
     from gpuhub.accounting.collect import Outcome
     from gpuhub.accounting.store import UsageStore
     from gpuhub.exporter.readings import SiteReading
@@ -133,6 +136,20 @@ class Backend(ABC):
     def cancel(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
         """Cancel many jobs in one call."""
 
+    def cancel_pending(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
+        """Cancel those of ``ids`` that have not started; a job that has started keeps running.
+
+        Used by failover, which must never leave two attempts running. This default looks, then
+        cancels what it saw pending (a job starting in between is cancelled too); a scheduler
+        that can decide atomically overrides it.
+        """
+        from gpuhub.states import State
+
+        found = self.poll(transport, ids, timeout=timeout)
+        pending = [i for i in ids if i in found and found[i].state == State.PENDING]
+        if pending:
+            self.cancel(transport, pending, timeout=timeout)
+
     @abstractmethod
     def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
         """Where the job's standard output and error are, as paths the transport reads."""
@@ -154,6 +171,19 @@ class Backend(ABC):
     def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:
         """Live GPUs (configured/allocated per node and model) and queued jobs; ``deadline`` is a
         ``time.monotonic()`` value the probe must finish by."""
+
+    def expected_start(self, transport: Transport, alloc: Allocation, timeout: float = 60.0
+                       ) -> tuple[datetime | None, str]:
+        """When the scheduler expects ``alloc`` to start, and where that comes from; (None, "") when
+        it cannot tell. Raises GpuhubError when the scheduler would refuse the job (the broker
+        then excludes the site with that reason)."""
+        return None, ""
+
+    def check_live(self, site: Site, transport: Transport, timeout: float = 60.0) -> list[Finding]:
+        """``gpuhub sites check``: every checkable value of the site file against the live site."""
+        from gpuhub.errors import GpuhubError
+
+        raise GpuhubError(f"`sites check` is not available for {self.name} sites yet")
 
 
 def _connection_problems(site: Site, rule: str) -> list[SiteProblem]:

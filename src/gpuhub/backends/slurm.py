@@ -23,9 +23,11 @@ from gpuhub.units import format_memory, format_walltime
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     from gpuhub.accounting.collect import Outcome
     from gpuhub.accounting.store import UsageStore
+    from gpuhub.backends.slurm_check import Finding
     from gpuhub.exporter.readings import SiteReading
     from gpuhub.plan import Allocation
     from gpuhub.render import RenderedJob
@@ -195,6 +197,10 @@ class SlurmBackend(Backend):
     def cancel(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
         transport.run(["scancel", *ids], timeout=timeout)
 
+    def cancel_pending(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
+        # slurmctld checks the state and cancels in one step: a job that has started is left alone.
+        transport.run(["scancel", "--state=PENDING", *ids], timeout=timeout)
+
     def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
         return log_paths(scheduler_id, job_name, log_dir, task)
 
@@ -212,3 +218,16 @@ class SlurmBackend(Backend):
         from gpuhub.exporter import slurm as probe
 
         return probe.read(transport, deadline)
+
+    def expected_start(self, transport: Transport, alloc: Allocation, timeout: float = 60.0
+                       ) -> tuple[datetime | None, str]:
+        from gpuhub.backends.slurm_start import expected_start
+
+        return expected_start(transport, alloc, timeout)
+
+    def check_live(self, site: Site, transport: Transport, timeout: float = 60.0) -> list[Finding]:
+        from gpuhub.backends import slurm_check
+
+        user = site.connection.user if site.connection else None
+        return slurm_check.compare(site, slurm_check.gather(transport, user, timeout))
+

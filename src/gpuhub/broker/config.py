@@ -20,6 +20,7 @@ ANY = "any"
 
 
 class BrokerConfig(Strict):
+    sites: list[str] = Field(default_factory=list, description="sites considered by default (empty: all)")
     prefer: list[str] = Field(default_factory=list, description="site names, most preferred first")
     gpu_classes: dict[str, list[str]] = Field(
         default_factory=dict, description="--gpu-type NAME -> the gpu_model names that satisfy it"

@@ -25,6 +25,8 @@ class SiteFit:
     site: Site
     allocations: list[Allocation] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)  # partition key -> reason
+    other_models: dict[str, str] = field(default_factory=dict)  # partition key -> its model, not the one asked
+    asked: str = ""
 
     @property
     def feasible(self) -> bool:
@@ -35,11 +37,18 @@ class SiteFit:
         if not self.rejected:
             return "no partition"
         by_reason: dict[str, list[str]] = {}
+        if self.other_models:
+            models = ", ".join(sorted(set(self.other_models.values())))
+            by_reason[f"no {self.asked} GPU (has {models})"] = list(self.other_models)
         for key, why in self.rejected.items():
-            by_reason.setdefault(why, []).append(key)
+            if key not in self.other_models:
+                by_reason.setdefault(why, []).append(key)
         if len(by_reason) == 1:
             return next(iter(by_reason))
         return "; ".join(f"{', '.join(keys)}: {why}" for why, keys in by_reason.items())
+
+
+MODEL_MISMATCH = "another GPU model"
 
 
 def _kind_mismatch(part: Partition, request: JobRequest, models: frozenset[str] | None) -> str | None:
@@ -51,9 +60,7 @@ def _kind_mismatch(part: Partition, request: JobRequest, models: frozenset[str] 
         if not model:
             return f"GPU model not given in the site file (asked: {request.gpu_type})"
         if model not in models:
-            return f"{model}, not {request.gpu_type}" + (
-                f" ({', '.join(sorted(models))})" if models != {request.gpu_type} else ""
-            )
+            return MODEL_MISMATCH
     if request.gpu_mem:
         if part.gpu_memory_gb is None:
             return f"GPU memory not given in the site file (asked: {format_memory(request.gpu_mem)}B)"
@@ -78,10 +85,12 @@ def fit_site(site: Site, request: JobRequest, config: BrokerConfig) -> SiteFit:
     """Every partition of ``site`` that can run ``request``, each planned as ``gpuhub render`` would."""
     models = config.models_for(request.gpu_type or site.defaults.gpu_type or "any")
     keys, rejected = _partition_keys(site, request)
-    allocations = []
+    allocations, other = [], {}
     for key in keys:
         part = site.partitions[key]
         mismatch = _kind_mismatch(part, request, models)
+        if mismatch == MODEL_MISMATCH:
+            other[key] = part.gpu_model or ""
         if mismatch:
             rejected[key] = mismatch
             continue
@@ -91,4 +100,4 @@ def fit_site(site: Site, request: JobRequest, config: BrokerConfig) -> SiteFit:
             allocations.append(plan(site, one))
         except RequestError as exc:
             rejected[key] = exc.message
-    return SiteFit(site, allocations, rejected)
+    return SiteFit(site, allocations, rejected, other, (request.gpu_type or "").lower())

@@ -3,7 +3,7 @@
 Rows are compared on, in turn: can start now (enough idle GPUs of the right kind for the job's
 shape); the scheduler's expected start; the preference order of the user or admin; queued demand
 per GPU of the partition; the job's cost in normalised GPU hours (an A100 hour costs more of an
-allocation than a V100 hour). A site whose allocation left cannot pay for the job is excluded.
+allocation than a V100 hour); GPUs free (headroom). A site whose allocation left cannot pay for the job is excluded.
 The chosen row says which of these put it ahead of the runner-up.
 """
 
@@ -41,7 +41,10 @@ class Row:
         start = live.start.timestamp() if live and live.start else math.inf
         pref = self.preference if self.preference is not None else math.inf
         pressure = (live.queued / live.total) if live and live.total else math.inf if live else 0.0
-        return (tier, start if tier else 0.0, pref, pressure, self.cost, self.site, self.allocation.partition_key)
+        free = -live.free if live else 0
+        a = self.allocation
+        default = 0 if a.partition_key == a.site.partition_key() else 1  # on a tie, the site's usual partition
+        return (tier, start if tier else 0.0, pref, pressure, self.cost, free, self.site, default, a.partition_key)
 
     def to_json(self) -> dict[str, object]:
         a, live = self.allocation, self.live
@@ -102,9 +105,9 @@ def make_row(alloc: Allocation, live: PartitionLive | None, config: BrokerConfig
             row.reasons.append(f"{live.free}/{live.total} {model} free: not enough for {shape} now")
         if live.queued:
             row.reasons.append(f"{live.queued} GPU(s) queued ahead")
-        if live.start:
+        if live.start and not live.fits_now:
             row.reasons.append(f"expected start {live.start:%Y-%m-%d %H:%M} ({live.start_note or 'scheduler'})")
-        elif live.start_note:
+        elif live.start_note and not live.fits_now and not live.start:
             row.reasons.append(live.start_note)
     row.reasons.append(f"{cost:.1f} normalised GPU-h ({charged_gpus(alloc)} x {format_walltime(alloc.walltime)}"
                        f" x {factor:g} for {model})")
@@ -126,6 +129,7 @@ _WHY = (
     "it comes before {other} in the preference order",
     "less queued demand per GPU than {other}",
     "it costs fewer normalised GPU hours than {other}",
+    "more GPUs free than {other}",
 )
 
 
@@ -143,7 +147,7 @@ def rank(rows: list[Row]) -> list[Row]:
         else:
             other = f"{runner.site}/{runner.allocation.partition_key}"
             why = "same rank as {other}; first by name"
-            for i, (mine, theirs) in enumerate(zip(best.key[:5], runner.key[:5], strict=True)):
+            for i, (mine, theirs) in enumerate(zip(best.key[:6], runner.key[:6], strict=True)):
                 if mine != theirs:
                     why = _WHY[i]
                     break

@@ -16,7 +16,10 @@ from gpuhub import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "sites": ("gpuhub.cli.sites:sites", "List, show, validate and describe site configurations."),
     "render": ("gpuhub.cli.jobs:render", "Print the exact job script and submit command for a site."),
-    "submit": ("gpuhub.cli.jobs:submit", "Submit a job to a site and record it."),
+    "submit": ("gpuhub.cli.jobs:submit", "Submit a job to a site (or --site auto) and record it."),
+    "plan": ("gpuhub.cli.plan:plan", "Rank the sites that can run a job and say which one and why."),
+    "gpus": ("gpuhub.cli.gpus:gpus", "Free and allocated GPUs per site and model, right now."),
+    "failover": ("gpuhub.cli.broker_opts:failover", "Move a --failover-after job that is due; say where it stands."),
     "status": ("gpuhub.cli.jobs:status", "Ask the sites for the state of jobs."),
     "jobs": ("gpuhub.cli.jobs:jobs", "List recorded jobs (no site contacted)."),
     "logs": ("gpuhub.cli.jobs:logs", "Print or follow a job's log."),

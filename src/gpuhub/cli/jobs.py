@@ -11,6 +11,15 @@ from typing import Any
 
 import click
 
+from gpuhub.cli.broker_opts import (
+    advance_due,
+    attempt_lines,
+    broker_options,
+    choose_site,
+    failover_option,
+    start_failover,
+    wants_broker,
+)
 from gpuhub.cli.output import complete_site, emit_json, note
 from gpuhub.cli.params import BoundedFloat, JobRef
 from gpuhub.errors import RequestError, shown
@@ -26,6 +35,7 @@ OPTION_OF = {
     "nodes": "--nodes",
     "gpus_per_node": "--gpus-per-node",
     "gpu_type": "--gpu-type",
+    "gpu_mem": "--gpu-mem",
     "cpus_per_gpu": "--cpus-per-gpu",
     "mem": "--mem",
     "time": "--time",
@@ -58,13 +68,15 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The job description options, shared by ``render`` and ``submit``."""
     options = [
         click.option("--site", "-s", envvar="GPUHUB_SITE", default=DEFAULT_SITE, show_default=True,
-                     shell_complete=complete_site, help="Site to run on (env GPUHUB_SITE)."),
+                     shell_complete=complete_site,
+                     help="Site to run on (env GPUHUB_SITE); `auto`: the best site for the job (see `gpuhub plan`)."),
         click.option("--name", "-J", help="Job name."),
         click.option("--gpus", "-G", type=click.IntRange(0, MAX_GPUS),
                      help="Total GPUs (spread over nodes if needed)."),
         click.option("--nodes", "-N", type=click.IntRange(1, MAX_NODES), help="Number of nodes."),
         click.option("--gpus-per-node", type=click.IntRange(0, MAX_GPUS_PER_NODE), help="GPUs on each node."),
-        click.option("--gpu-type", help="GPU model (a100, h100, v100...) or partition key."),
+        click.option("--gpu-type", help="GPU model or class (a100, h100, v100..., any) or partition key."),
+        click.option("--gpu-mem", help="Least memory of each GPU: 40G (partitions with smaller GPUs are skipped)."),
         click.option("--cpus-per-gpu", type=click.IntRange(1, MAX_CPUS),
                      help="CPU cores per GPU (site default otherwise)."),
         click.option("--mem", help="Memory per node: 64G, 500M."),
@@ -188,10 +200,14 @@ def rendered(opts: dict[str, Any]) -> Any:
     """Site + request -> RenderedJob, through :func:`gpuhub.jobs.prepare`, the path submit takes.
 
     It carries a fresh token, as a submission does, so the files shown are those submit sends
-    (only the token's value differs from one run to the next)."""
+    (only the token's value differs from one run to the next). With ``--site auto`` the site is
+    chosen first, as submit would."""
+    from gpuhub.cli.broker_opts import choose_site, wants_broker
     from gpuhub.jobs import new_token, prepare
     from gpuhub.registry import load_site
 
+    if wants_broker(opts):
+        opts, _ = choose_site(opts, build_request)
     site = load_site(opts["site"])
     request = build_request({**opts, "site_here": site.connection is None})
     return prepare(site, request, new_token())
@@ -313,6 +329,8 @@ def _job_rows(records: list[Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded job as JSON.")
 @click.option("--stage", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Upload this local directory first (changed files only) and run the job in it.")
+@broker_options
+@failover_option
 def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts: Any) -> None:
     """Submit a job to a site and record it in the ledger.
 
@@ -323,7 +341,14 @@ def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts:
       gpuhub submit --site ruche --gpus 1 --array 0-49%10 -- python sweep.py
       gpuhub submit --site local --wait -- python3 -c 'print(42)'
       gpuhub submit --site ruche --stage . --gpus 1 -- python train.py
+      gpuhub submit --site auto --gpu-type any --gpus 2 -t 4h --failover-after 30m -- python train.py
     """
+    after = opts.pop("failover_after", None)
+    targets: list[dict[str, Any]] = []
+    if after is not None and not wants_broker(opts):
+        raise click.UsageError("--failover-after needs --site auto or --sites A,B,...: it moves along a plan")
+    if wants_broker(opts) and not dry_run:
+        opts, targets = choose_site(opts, build_request)
     if stage is not None:
         opts = _staged(opts, stage, send=not dry_run)
     if dry_run:
@@ -338,6 +363,8 @@ def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts:
     ledger = _ledger()
     job = jobs_api.submit(request, site=site, ledger=ledger)
     rec = job.record
+    if after is not None:
+        start_failover(rec, targets, after, ledger)
     if not as_json:
         click.echo(f"submitted job {rec.id} ({rec.ref}) to {rec.site}")
         if not wait:
@@ -401,6 +428,7 @@ def status(refs: tuple[str, ...], watch: bool, interval: float, as_json: bool) -
     from gpuhub import jobs as jobs_api
 
     ledger = _ledger()
+    advance_due(ledger)
     records = [jobs_api.resolve(r, ledger) for r in refs] if refs else ledger.jobs(active_only=True)
     while True:
         records, errors = jobs_api.refresh(records, ledger)
@@ -410,11 +438,15 @@ def status(refs: tuple[str, ...], watch: bool, interval: float, as_json: bool) -
             emit_json([r.to_dict() for r in records])
         elif records:
             click.echo(_job_rows(records))
+            for line in attempt_lines(records, ledger):
+                click.echo(line)
         else:
             click.echo("no unfinished jobs (`gpuhub jobs` lists all)")
         if not watch or all(r.state.finished for r in records):
             break
         time.sleep(interval)
+        advance_due(ledger)
+        records = list({a.id: a for a in (ledger.attempts(r.attempt_of or r.id)[-1] for r in records)}.values())
         click.echo()
     if errors and not records:
         raise SystemExit(1)

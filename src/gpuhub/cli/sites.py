@@ -28,6 +28,15 @@ def sites() -> None:
     """
 
 
+def _add_check() -> None:
+    from gpuhub.cli.sites_check import check_cmd
+
+    sites.add_command(check_cmd)
+
+
+_add_check()
+
+
 def _load_all() -> tuple[list[tuple[dict, list[registry.SiteSource]]], list[ConfigError]]:
     """(summary, files) of every valid site and the error of every invalid one, from the site cache."""
     good, bad = [], []

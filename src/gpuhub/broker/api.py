@@ -1,0 +1,58 @@
+"""The broker as one call: sites + request -> a ranked :class:`BrokerPlan` (live or offline)."""
+
+from __future__ import annotations
+
+from gpuhub.broker.cache import LiveCache
+from gpuhub.broker.choose import BrokerPlan, choose, fits
+from gpuhub.broker.config import BrokerConfig, load_config
+from gpuhub.broker.feasible import SiteFit
+from gpuhub.broker.state import Prober
+from gpuhub.errors import ConfigError, GpuhubError
+from gpuhub.paths import user_cache_dir
+from gpuhub.request import JobRequest
+from gpuhub.site import Site
+
+
+def live_cache(config: BrokerConfig) -> LiveCache:
+    return LiveCache(user_cache_dir() / "live", config.cache_ttl)
+
+
+def candidate_sites(names: list[str] | None, config: BrokerConfig) -> tuple[list[Site], dict[str, str]]:
+    """The sites to consider (``--sites``, else broker.yaml ``sites``, else every configured site)
+    and, for those whose file does not load, the reason."""
+    from gpuhub.registry import load_site, site_names
+
+    known = site_names()
+    wanted = names or config.sites or known
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown site(s) {', '.join(unknown)} in --sites; known sites: {', '.join(known)}")
+    sites, broken = [], {}
+    for name in wanted:
+        try:
+            sites.append(load_site(name))
+        except GpuhubError as exc:
+            broken[name] = f"site file does not load: {exc.message}"
+    return sites, broken
+
+
+def broker_plan(
+    request: JobRequest,
+    *,
+    sites: list[str] | None = None,
+    offline: bool = False,
+    refresh: bool = False,
+    timeout: float | None = None,
+    prefer: list[str] | None = None,
+    prober: Prober | None = None,
+) -> BrokerPlan:
+    config = load_config(prefer)
+    site_objs, broken = candidate_sites(sites, config)
+    fitted: list[SiteFit] = fits(site_objs, request, config)
+    states = None
+    if not offline:
+        prober = prober or Prober(live_cache(config), timeout or config.probe_timeout)
+        states = prober.gather(fitted, refresh=refresh)
+    result = choose(fitted, config, states)
+    result.excluded.update(broken)
+    return result

@@ -1,0 +1,178 @@
+"""Live state for the broker: one probe per site, in parallel, each within its own time limit.
+
+A site's reading comes from its backend's GPU probe (the one the exporter polls), and for each
+candidate partition the scheduler's own start estimate where it gives one. Both are kept in a
+:class:`LiveCache` for ``cache_ttl`` seconds, shared by every gpuhub command of the user. A site
+that does not answer in time is reported with its reason and never holds up the others: the
+probe runs in a daemon thread that is simply left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from gpuhub.broker.cache import LiveCache
+from gpuhub.broker.choose import SiteState
+from gpuhub.broker.feasible import SiteFit
+from gpuhub.exporter.readings import NodeGpus, QueueJob, SiteReading
+from gpuhub.plan import Allocation
+from gpuhub.site import Site
+from gpuhub.transport.base import Transport
+
+# (site, transport, monotonic deadline) -> reading
+Reader = Callable[[Site, Transport, float], SiteReading]
+# (site, transport, allocation, timeout) -> (start or None, note); raises GpuhubError when refused
+Estimator = Callable[[Site, Transport, Allocation, float], tuple[datetime | None, str]]
+
+
+def reading_to_json(reading: SiteReading) -> dict[str, Any]:
+    return {
+        "nodes": [{**asdict(n), "partitions": list(n.partitions), "features": sorted(n.features)}
+                  for n in reading.nodes],
+        # Only what planning needs: no user or account names in the cache.
+        "jobs": None if reading.jobs is None else [[j.state, j.gpus, j.partition] for j in reading.jobs],
+        "default_partition": reading.default_partition,
+    }
+
+
+def reading_from_json(data: dict[str, Any]) -> SiteReading:
+    nodes = [
+        NodeGpus(n["name"], bool(n["available"]), dict(n["total"]), dict(n["used"]), tuple(n["partitions"]),
+                 frozenset(n["features"]))
+        for n in data["nodes"]
+    ]
+    jobs = None if data["jobs"] is None else [QueueJob(s, dict(g), p) for s, g, p in data["jobs"]]
+    return SiteReading(nodes=nodes, jobs=jobs, default_partition=data.get("default_partition"))
+
+
+def _site_key(site: Site) -> str:
+    # A changed site file (another host, port, partitions) must not reuse an old reading.
+    return json.dumps(site.model_dump(mode="json", include={"name", "scheduler", "connection"}), sort_keys=True)
+
+
+def _start_key(site: Site, alloc: Allocation) -> str:
+    return _site_key(site) + json.dumps(alloc.summary(), sort_keys=True, default=str)
+
+
+def default_reader(site: Site, transport: Transport, deadline: float) -> SiteReading:
+    from gpuhub.backends import backend_for
+
+    return backend_for(site.scheduler).read_gpus(site, transport, deadline)
+
+
+def default_estimator(site: Site, transport: Transport, alloc: Allocation, timeout: float
+                      ) -> tuple[datetime | None, str]:
+    from gpuhub.backends import backend_for
+
+    return backend_for(site.scheduler).expected_start(transport, alloc, timeout)
+
+
+class Prober:
+    """Gathers :class:`SiteState` for the feasible sites of a plan."""
+
+    def __init__(
+        self,
+        cache: LiveCache,
+        timeout: float,
+        reader: Reader = default_reader,
+        estimator: Estimator | None = default_estimator,
+        transport_for: Callable[[Site], Transport] | None = None,
+    ) -> None:
+        self.cache, self.timeout = cache, timeout
+        self.reader, self.estimator = reader, estimator
+        if transport_for is None:
+            from gpuhub.transport import transport_for as default
+
+            transport_for = default
+        self.transport_for = transport_for
+
+    def reading(self, site: Site, refresh: bool = False, deadline: float | None = None) -> tuple[SiteReading, float]:
+        """(reading, age) from the cache or a fresh probe; raises what the probe raises."""
+        key = _site_key(site)
+        hit = None if refresh else self.cache.get("reading", key)
+        if hit is not None:
+            value, age = hit
+            if "error" in value:
+                raise _Cached(value["error"], age)
+            return reading_from_json(value), age
+        try:
+            deadline = deadline if deadline is not None else time.monotonic() + self.timeout
+            reading = self.reader(site, self.transport_for(site), deadline)
+        except Exception as exc:
+            self.cache.put("reading", key, {"error": _why(exc)})
+            raise
+        self.cache.put("reading", key, reading_to_json(reading))
+        return reading, 0.0
+
+    def _site_state(self, fit: SiteFit, refresh: bool, deadline: float) -> SiteState:
+        site = fit.site
+        try:
+            reading, age = self.reading(site, refresh, deadline)
+        except _Cached as exc:
+            return SiteState(error=f"{exc.reason} (cached {exc.age:.0f} s ago)", age=exc.age)
+        except Exception as exc:
+            return SiteState(error=_why(exc))
+        starts, refused = {}, {}
+        for alloc in fit.allocations if self.estimator else []:
+            key = _start_key(site, alloc)
+            hit = None if refresh else self.cache.get("start", key)
+            if hit is None:
+                try:
+                    left = max(0.5, deadline - time.monotonic())
+                    start, note = self.estimator(site, self.transport_for(site), alloc, left)  # type: ignore[misc]
+                    value = {"start": start.isoformat() if start else None, "note": note}
+                except Exception as exc:
+                    value = {"refused": _why(exc)}
+                self.cache.put("start", key, value)
+            else:
+                value = hit[0]
+            if value.get("refused"):
+                refused[alloc.partition_key] = value["refused"]
+            else:
+                start = datetime.fromisoformat(value["start"]) if value.get("start") else None
+                starts[alloc.partition_key] = (start, value.get("note", ""))
+        return SiteState(reading=reading, starts=starts, refused=refused, age=age)
+
+    def gather(self, fitted: list[SiteFit], refresh: bool = False) -> dict[str, SiteState]:
+        """A state for every feasible site, in parallel; a site silent past the timeout is skipped."""
+        results: dict[str, SiteState] = {}
+        deadline = time.monotonic() + self.timeout
+        threads = []
+        for fit in fitted:
+            if not fit.feasible:
+                continue
+
+            def work(fit: SiteFit = fit) -> None:
+                results[fit.site.name] = self._site_state(fit, refresh, deadline)
+
+            thread = threading.Thread(target=work, name=f"probe-{fit.site.name}", daemon=True)
+            thread.start()
+            threads.append((fit.site, thread))
+        for _site, thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        out = {}
+        for site, thread in threads:
+            if thread.is_alive() or site.name not in results:
+                reason = f"no answer within {self.timeout:g} s"
+                out[site.name] = SiteState(error=reason)
+                self.cache.put("reading", _site_key(site), {"error": reason})
+            else:
+                out[site.name] = results[site.name]
+        return out
+
+
+class _Cached(Exception):
+    def __init__(self, reason: str, age: float) -> None:
+        super().__init__(reason)
+        self.reason, self.age = reason, age
+
+
+def _why(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())[:300]

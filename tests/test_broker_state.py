@@ -1,0 +1,140 @@
+"""Live state: the shared cache, per-site time limits, and the broker's command-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gpuhub.broker.cache import LiveCache
+from gpuhub.broker.choose import fits
+from gpuhub.broker.config import BrokerConfig
+from gpuhub.broker.state import Prober, reading_from_json, reading_to_json
+from gpuhub.exporter.readings import NodeGpus, QueueJob, SiteReading
+from gpuhub.registry import load_file
+from gpuhub.request import JobRequest
+
+DATA = Path(__file__).parent / "data"
+SITE2 = load_file(DATA / "broker" / "testbed2.yaml")
+READING = SiteReading([NodeGpus("m1", True, {"v100": 4}, {"v100": 1}, ("v100", "debug"), frozenset({"v100"}))],
+                      [QueueJob("pending", {"v100": 2}, "v100", "physics", "alice")], "v100")
+
+
+def test_cache_round_trip_ttl_and_junk(tmp_path):
+    cache = LiveCache(tmp_path / "live", ttl=30)
+    assert cache.get("reading", "k") is None
+    cache.put("reading", "k", reading_to_json(READING))
+    value, age = cache.get("reading", "k")
+    back = reading_from_json(value)
+    assert back.nodes == READING.nodes and back.jobs[0].gpus == {"v100": 2} and back.jobs[0].user == ""
+    assert "alice" not in json.dumps(value)  # no user names kept
+    assert 0 <= age < 5 and not list((tmp_path / "live").glob(".tmp-*"))
+    path = next((tmp_path / "live").glob("reading-*.json"))
+    path.write_text("{not json")
+    assert cache.get("reading", "k") is None
+    assert LiveCache(tmp_path / "live", ttl=0).get("reading", "k") is None
+
+
+def test_concurrent_writers_never_leave_a_torn_entry(tmp_path):
+    cache = LiveCache(tmp_path, ttl=30)
+    big = {"nodes": [{"n": i} for i in range(2000)]}
+    stop = threading.Event()
+    bad = []
+
+    def reader():
+        while not stop.is_set():
+            hit = cache.get("x", "k")
+            if hit is not None and len(hit[0]["nodes"]) != 2000:
+                bad.append(hit)
+
+    threads = [threading.Thread(target=reader)] + [
+        threading.Thread(target=lambda: [cache.put("x", "k", big) for _ in range(30)]) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()
+    assert not bad
+
+
+def test_a_hung_probe_is_left_behind_after_its_timeout(tmp_path):
+    release = threading.Event()
+    calls = []
+
+    def reader(site, transport, deadline):
+        calls.append(site.name)
+        release.wait(30)
+        return READING
+
+    prober = Prober(LiveCache(tmp_path, 30), timeout=0.5, reader=reader, estimator=None,
+                    transport_for=lambda site: None)
+    fitted = fits([SITE2], JobRequest(command=["x"], gpus=1, time="30m"), BrokerConfig())
+    start = time.monotonic()
+    states = prober.gather(fitted)
+    assert time.monotonic() - start < 2
+    assert states["testbed2"].error == "no answer within 0.5 s"
+    # the failure is cached: the next gather does not call the probe again
+    again = prober.gather(fitted)
+    assert again["testbed2"].error.startswith("no answer within 0.5 s (cached") and calls == ["testbed2"]
+    release.set()
+    fresh = Prober(LiveCache(tmp_path, 30), timeout=5, reader=lambda s, t, d: READING, estimator=None,
+                   transport_for=lambda site: None).gather(fitted, refresh=True)
+    assert fresh["testbed2"].reading.nodes == READING.nodes
+
+
+def test_estimates_and_refusals_reach_the_state(tmp_path):
+    from datetime import datetime
+
+    def estimator(site, transport, alloc, timeout):
+        if alloc.partition_key == "debug":
+            raise RuntimeError("sbatch: error: QOSMaxWallDurationPerJobLimit")
+        return datetime(2026, 1, 1, 12), "sbatch --test-only"
+
+    prober = Prober(LiveCache(tmp_path, 30), 5, reader=lambda s, t, d: READING, estimator=estimator,
+                    transport_for=lambda site: None)
+    state = prober.gather(fits([SITE2], JobRequest(command=["x"], gpus=1, time="30m"), BrokerConfig()))["testbed2"]
+    assert state.starts == {"v100": (datetime(2026, 1, 1, 12), "sbatch --test-only")}
+    assert state.refused == {"debug": "sbatch: error: QOSMaxWallDurationPerJobLimit"}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpuhub", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["plan", "--sites", "nosuch", "--offline"], "unknown site(s) nosuch in --sites"),
+    (["submit", "--site", "local", "--failover-after", "30m", "--", "true"],
+     "--failover-after needs --site auto or --sites"),
+    (["submit", "--site", "auto", "--failover-after", "0s", "--", "true"], "'0s'"),
+    (["submit", "--site", "auto", "--failover-after", "40d", "--", "true"], "allowed from 1 s to 30 days"),
+    (["plan", "--probe-timeout", "0", "--", "true"], "--probe-timeout"),
+    (["plan", "--gpu-mem", "lots", "--offline", "--", "true"], "--gpu-mem: "),
+    (["plan", "--sites", ",", "--", "true"], "give site names separated by commas"),
+])
+def test_bad_broker_input_is_one_clear_line(isolated, args, message):
+    proc = run(*args)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_broker_yaml_is_one_clear_line(isolated):
+    (isolated / "config").mkdir(parents=True, exist_ok=True)
+    (isolated / "config" / "broker.yaml").write_text("probe_timeout: 100000\n")
+    proc = run("plan", "--offline", "--", "true")
+    assert proc.returncode == 2 and "broker.yaml): probe_timeout: Input should be less than or equal to 600" in \
+        proc.stderr
+
+
+def test_offline_plan_of_shipped_sites_needs_no_network(isolated):
+    proc = run("plan", "--offline", "--gpu-type", "a100", "--gpus", "8", "-P", "abc", "-t", "10h", "--json", "--",
+               "python", "train.py")
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["live"] is False
+    assert out["chosen"]["gpu_model"] == "a100" and out["chosen"]["free_now"] is None
+    assert {e["site"] for e in out["excluded"]} >= {"local"}
