@@ -246,6 +246,33 @@ def load_file(path: Path) -> Site:
     return build_site(path.stem, [SiteSource("file", path, read_yaml(path))])
 
 
+def load_sites(names: Iterable[str]) -> tuple[list[Site], dict[str, str]]:
+    """Many sites at once: layers listed once, parsed files reused between commands.
+
+    Returns the sites that load and, for the others, the one-line reason.
+    """
+    from gpuhub.site_files_cache import ParsedFiles
+
+    parsed = ParsedFiles()
+    listing = [(layer, {p.name: p for p in _site_files(layer.path)}) for layer in layers()]
+    sites, broken = [], {}
+    for name in names:
+        sources = [
+            SiteSource(layer.name, files[name + suffix], parsed.get(files[name + suffix], read_yaml))
+            for layer, files in listing
+            for suffix in SUFFIXES
+            if name + suffix in files
+        ]
+        try:
+            if not sources:
+                raise ConfigError(f"unknown site {name!r} (see `gpuhub sites list`)")
+            sites.append(build_site(name, sources))
+        except ConfigError as exc:
+            broken[name] = exc.message
+    parsed.save()
+    return sites, broken
+
+
 def list_sites() -> list[Site]:
     return [load_site(n) for n in site_names()]
 

@@ -7,7 +7,7 @@ from gpuhub.broker.choose import BrokerPlan, choose, fits
 from gpuhub.broker.config import BrokerConfig, load_config
 from gpuhub.broker.feasible import SiteFit
 from gpuhub.broker.state import Prober
-from gpuhub.errors import ConfigError, GpuhubError
+from gpuhub.errors import ConfigError
 from gpuhub.paths import user_cache_dir
 from gpuhub.request import JobRequest
 from gpuhub.site import Site
@@ -20,20 +20,16 @@ def live_cache(config: BrokerConfig) -> LiveCache:
 def candidate_sites(names: list[str] | None, config: BrokerConfig) -> tuple[list[Site], dict[str, str]]:
     """The sites to consider (``--sites``, else broker.yaml ``sites``, else every configured site)
     and, for those whose file does not load, the reason."""
-    from gpuhub.registry import load_site, site_names
+    from gpuhub.registry import load_sites, site_names
 
     known = site_names()
     wanted = names or config.sites or known
     unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise ConfigError(f"unknown site(s) {', '.join(unknown)} in --sites; known sites: {', '.join(known)}")
-    sites, broken = [], {}
-    for name in wanted:
-        try:
-            sites.append(load_site(name))
-        except GpuhubError as exc:
-            broken[name] = f"site file does not load: {exc.message}"
-    return sites, broken
+        where = "--sites" if names else "broker.yaml `sites`"
+        raise ConfigError(f"unknown site(s) {', '.join(unknown)} in {where}; known sites: {', '.join(known)}")
+    sites, broken = load_sites(wanted)
+    return sites, {name: f"site file does not load: {why}" for name, why in broken.items()}
 
 
 def broker_plan(

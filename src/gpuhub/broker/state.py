@@ -139,6 +139,28 @@ class Prober:
                 starts[alloc.partition_key] = (start, value.get("note", ""))
         return SiteState(reading=reading, starts=starts, refused=refused, age=age)
 
+    def _from_cache(self, fit: SiteFit) -> SiteState | None:
+        """The site's whole state when the cache holds all of it (no thread, no network), else None."""
+        site = fit.site
+        hit = self.cache.get("reading", _site_key(site))
+        if hit is None:
+            return None
+        value, age = hit
+        if "error" in value:
+            return SiteState(error=f"{value['error']} (cached {age:.0f} s ago)", age=age)
+        starts, refused = {}, {}
+        for alloc in fit.allocations if self.estimator else []:
+            start_hit = self.cache.get("start", _start_key(site, alloc))
+            if start_hit is None:
+                return None
+            start_value = start_hit[0]
+            if start_value.get("refused"):
+                refused[alloc.partition_key] = start_value["refused"]
+            else:
+                start = datetime.fromisoformat(start_value["start"]) if start_value.get("start") else None
+                starts[alloc.partition_key] = (start, start_value.get("note", ""))
+        return SiteState(reading=reading_from_json(value), starts=starts, refused=refused, age=age)
+
     def gather(self, fitted: list[SiteFit], refresh: bool = False) -> dict[str, SiteState]:
         """A state for every feasible site, in parallel; a site silent past the timeout is skipped."""
         results: dict[str, SiteState] = {}
@@ -146,6 +168,10 @@ class Prober:
         threads = []
         for fit in fitted:
             if not fit.feasible:
+                continue
+            cached = None if refresh else self._from_cache(fit)
+            if cached is not None:
+                results[fit.site.name] = cached
                 continue
 
             def work(fit: SiteFit = fit) -> None:
@@ -157,13 +183,16 @@ class Prober:
         for _site, thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         out = {}
-        for site, thread in threads:
-            if thread.is_alive() or site.name not in results:
+        for fit in fitted:
+            name = fit.site.name
+            if not fit.feasible:
+                continue
+            if name not in results:
                 reason = f"no answer within {self.timeout:g} s"
-                out[site.name] = SiteState(error=reason)
-                self.cache.put("reading", _site_key(site), {"error": reason})
+                out[name] = SiteState(error=reason)
+                self.cache.put("reading", _site_key(fit.site), {"error": reason})
             else:
-                out[site.name] = results[site.name]
+                out[name] = results[name]
         return out
 
 

@@ -1,0 +1,125 @@
+"""Broker speed: `gpuhub plan` over 50 configured sites from cached state, and with live probes
+of 3 real sites, side by side with the start-up every gpuhub command pays.
+
+Needs the testbed with its second cluster (scripts/testbed/up.sh, scripts/testbed/slurm2.sh).
+Run: python benchmarks/broker.py [--runs 20]
+
+The 50 sites are copies of the two testbed clusters' site files (25 each, so their probes are
+real); the 3 live sites are testbed, testbed2 and a copy of testbed2. Printed per case: median,
+min and max wall time over the runs.
+  * in-process: `broker_plan()` end to end (load the 50 site files, feasibility, cached readings
+    and start estimates, rank) in one process, as a script or a server would call it;
+  * CLI: `python -m gpuhub plan ...` as a user types it, including interpreter start and imports,
+    with `gpuhub --help` and `gpuhub render` (local) as the start-up baseline.
+Targets: 50 sites with cached state < 100 ms; 3 live sites < 1.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SITES = [REPO / "tests" / "data" / "sites" / "testbed.yaml", REPO / "tests" / "data" / "broker" / "testbed2.yaml"]
+JOB = ["--gpu-type", "v100", "--gpus", "2", "-t", "30m", "--", "python", "train.py"]
+
+
+def stats(label: str, times: list[float]) -> None:
+    ms = [t * 1000 for t in times]
+    print(f"{label:<58} {statistics.median(ms):8.1f} {min(ms):8.1f} {max(ms):8.1f}")
+
+
+def cli(args: list[str], runs: int, env: dict[str, str]) -> list[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "gpuhub", *args], env=env, capture_output=True, text=True)
+        out.append(time.perf_counter() - start)
+        if proc.returncode not in (0,):
+            sys.exit(f"gpuhub {' '.join(args)} failed: {proc.stderr.strip()}")
+    return out
+
+
+def write_sites(directory: Path, count: int) -> list[str]:
+    names = []
+    for i in range(count):
+        source = SITES[i % 2]
+        name = f"bench{i:02d}"
+        text = source.read_text().replace(f"name: {source.stem}", f"name: {name}")
+        (directory / f"{name}.yaml").write_text(text)
+        names.append(name)
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    if not Path("/var/lib/gpuhub-testbed/slurm2.env").is_file():
+        sys.exit("the second testbed cluster is not running: bash scripts/testbed/slurm2.sh")
+    tmp = Path(tempfile.mkdtemp(prefix="gpuhub-bench-broker-"))
+    sites_dir, config = tmp / "sites", tmp / "config"
+    sites_dir.mkdir()
+    config.mkdir()
+    names = write_sites(sites_dir, 50)
+    live3 = ["testbed", "testbed2", "bench01"]
+    for path in SITES:
+        (sites_dir / path.name).write_text(path.read_text())
+    # The broker considers these 50 sites (broker.yaml `sites`), not the shipped ones.
+    (config / "broker.yaml").write_text("sites: [" + ", ".join(names) + "]\ncache_ttl: 3600\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "GPUHUB_SITES": str(sites_dir),
+           "GPUHUB_CONFIG_DIR": str(config), "GPUHUB_CACHE_DIR": str(tmp / "cache"),
+           "GPUHUB_DATA_DIR": str(tmp / "data")}
+    os.environ.update(env)
+    sys.path.insert(0, str(REPO / "src"))
+
+    from gpuhub.broker.api import broker_plan
+    from gpuhub.cli.jobs import build_request
+
+    request = build_request({"gpu_type": "v100", "gpus": 2, "time": "30m", "command": ("python", "train.py")})
+    start = time.perf_counter()
+    warm = broker_plan(request, refresh=True)
+    print(f"filling the cache: live probes of 50 sites in {time.perf_counter() - start:.2f} s; "
+          f"{len(warm.rows)} candidate rows, chosen {warm.chosen.site}/{warm.chosen.allocation.partition_key}")
+    print(f"{'case (ms)':<58} {'median':>8} {'min':>8} {'max':>8}   ({args.runs} runs)")
+    times = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        result = broker_plan(request)
+        times.append(time.perf_counter() - start)
+        assert len(result.rows) == len(warm.rows) and result.live
+    stats("in-process broker_plan(), 50 sites, cached state", times)
+    stats("CLI `gpuhub plan`, 50 sites, cached state", cli(["plan", *JOB], args.runs, env))
+    stats("CLI `gpuhub plan --offline`, 50 sites (no state at all)", cli(["plan", "--offline", *JOB], args.runs, env))
+    stats("baseline: CLI `gpuhub --help`", cli(["--help"], args.runs, env))
+    stats("baseline: CLI `gpuhub render` (local site)", cli(["render", "--", "true"], args.runs, env))
+    stats("baseline: python -c pass", [t for t in (_bare() for _ in range(args.runs))])
+
+    times = []
+    for _ in range(max(3, args.runs // 4)):
+        from gpuhub.transport import close_all
+
+        close_all()  # every live run pays its SSH connections, as a fresh CLI would
+        start = time.perf_counter()
+        result = broker_plan(request, sites=live3, refresh=True)
+        times.append(time.perf_counter() - start)
+        assert {r.site for r in result.rows} == set(live3), result.excluded
+    stats("in-process broker_plan(), 3 real sites, live probes", times)
+    stats("CLI `gpuhub plan --refresh`, 3 real sites, live probes",
+          cli(["plan", "--refresh", "--sites", ",".join(live3), *JOB], max(3, args.runs // 4), env))
+
+
+def _bare() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
