@@ -132,11 +132,7 @@ class Prober:
                 self.cache.put("start", key, value)
             else:
                 value = hit[0]
-            if value.get("refused"):
-                refused[alloc.partition_key] = value["refused"]
-            else:
-                start = datetime.fromisoformat(value["start"]) if value.get("start") else None
-                starts[alloc.partition_key] = (start, value.get("note", ""))
+            _record_start(alloc.partition_key, value, starts, refused)
         return SiteState(reading=reading, starts=starts, refused=refused, age=age)
 
     def _from_cache(self, fit: SiteFit) -> SiteState | None:
@@ -153,12 +149,7 @@ class Prober:
             start_hit = self.cache.get("start", _start_key(site, alloc))
             if start_hit is None:
                 return None
-            start_value = start_hit[0]
-            if start_value.get("refused"):
-                refused[alloc.partition_key] = start_value["refused"]
-            else:
-                start = datetime.fromisoformat(start_value["start"]) if start_value.get("start") else None
-                starts[alloc.partition_key] = (start, start_value.get("note", ""))
+            _record_start(alloc.partition_key, start_hit[0], starts, refused)
         return SiteState(reading=reading_from_json(value), starts=starts, refused=refused, age=age)
 
     def gather(self, fitted: list[SiteFit], refresh: bool = False) -> dict[str, SiteState]:
@@ -194,6 +185,15 @@ class Prober:
             else:
                 out[name] = results[name]
         return out
+
+
+def _record_start(key: str, value: dict[str, Any], starts: dict[str, Any], refused: dict[str, str]) -> None:
+    """A cached start estimate (or refusal) into the per-partition maps of a SiteState."""
+    if value.get("refused"):
+        refused[key] = value["refused"]
+    else:
+        start = datetime.fromisoformat(value["start"]) if value.get("start") else None
+        starts[key] = (start, value.get("note", ""))
 
 
 class _Cached(Exception):
