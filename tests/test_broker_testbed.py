@@ -214,11 +214,11 @@ def test_sites_check_reports_each_wrong_value_with_its_line(gpuhub):
         "(types: v100); fix: `gres_type: v100`",
         f"{path}:{at('project: astro')}: defaults.project: account 'astro' is not one of yours on gpuhub-test2 "
         "(chem, physics)",
-        "wrong (gpuhub-test2): 10 value(s) checked, 4 differ",
+        "wrong: 10 value(s) checked, 4 differ",
     ]
     # The true file checks out, and a value listed as unverified that checks out is reported as such.
     (gpuhub.sites / "testbed2.yaml").write_text(text + "unverified: [partitions.v100.gpus_per_node]\n")
     out = gpuhub("sites", "check", "testbed2").stdout.splitlines()
     assert out[0].endswith("partitions.v100.gpus_per_node: checks out (4 in the site file, 4 per node on the "
                            "cluster); listed under `unverified:`, it can be removed from there")
-    assert out[-1] == "testbed2 (gpuhub-test2): 11 value(s) checked, 0 differ"
+    assert out[-1] == "testbed2: 11 value(s) checked, 0 differ"

@@ -22,7 +22,6 @@ from gpuhub.backends.common import launch
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from gpuhub.backends.slurm_check import Finding
     from gpuhub.accounting.collect import Outcome
     from gpuhub.accounting.store import UsageStore
     from gpuhub.exporter.readings import SiteReading
@@ -49,6 +48,16 @@ class Capabilities:
     # Who stops a job at its walltime: "scheduler" (sbatch --time...) or "gpuhub" (no scheduler:
     # gpuhub's own watchdog, only when a time was asked for or set by the site).
     time_limit: str = "scheduler"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One value of a site file checked against the live site (``gpuhub sites check``)."""
+
+    path: str  # dotted field of the site file
+    ok: bool
+    message: str
+    fix: str | None = None  # the YAML value to write at ``path``, when one is known
 
 
 @dataclass(frozen=True)

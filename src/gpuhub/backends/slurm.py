@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gpuhub.backends.base import Backend, Capabilities, SiteProblem
+from gpuhub.backends.base import Backend, Capabilities, Finding, SiteProblem
 from gpuhub.backends.common import (
     REQUEUE_SIGNAL,
     combine_tasks,
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from gpuhub.accounting.collect import Outcome
     from gpuhub.accounting.store import UsageStore
-    from gpuhub.backends.slurm_check import Finding
     from gpuhub.exporter.readings import SiteReading
     from gpuhub.plan import Allocation
     from gpuhub.render import RenderedJob

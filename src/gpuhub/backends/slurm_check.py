@@ -3,7 +3,8 @@
 Facts come from four read-only commands: ``sinfo`` (nodes, their partitions, features and GPUs
 by type; the exporter's probe format), ``scontrol show partition -o`` (time and node limits),
 ``sacctmgr show qos`` (QoS time limits) and ``sacctmgr show assoc`` (the user's accounts on this
-cluster). :func:`compare` is pure and returns one :class:`Finding` per value checked.
+cluster). :func:`compare` is pure and returns one
+:class:`~gpuhub.backends.base.Finding` per value checked.
 """
 
 from __future__ import annotations
@@ -12,20 +13,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gpuhub.backends.base import Finding
 from gpuhub.units import format_walltime
 
 if TYPE_CHECKING:
     from gpuhub.exporter.readings import NodeGpus
     from gpuhub.site import Site
     from gpuhub.transport.base import Transport
-
-
-@dataclass(frozen=True)
-class Finding:
-    path: str  # dotted field of the site file
-    ok: bool
-    message: str
-    fix: str | None = None  # the YAML value to write at ``path``, when one is known
 
 
 @dataclass
