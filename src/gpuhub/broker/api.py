@@ -7,7 +7,7 @@ from gpuhub.broker.choose import BrokerPlan, choose, fits
 from gpuhub.broker.config import BrokerConfig, load_config
 from gpuhub.broker.feasible import SiteFit
 from gpuhub.broker.state import Prober
-from gpuhub.errors import ConfigError
+from gpuhub.errors import ConfigError, shown
 from gpuhub.paths import user_cache_dir
 from gpuhub.request import JobRequest
 from gpuhub.site import Site
@@ -27,7 +27,8 @@ def candidate_sites(names: list[str] | None, config: BrokerConfig) -> tuple[list
     unknown = [n for n in wanted if n not in known]
     if unknown:
         where = "--sites" if names else "broker.yaml `sites`"
-        raise ConfigError(f"unknown site(s) {', '.join(unknown)} in {where}; known sites: {', '.join(known)}")
+        listed = ", ".join(shown(n) for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise ConfigError(f"unknown site(s) {listed} in {where}; known sites: {', '.join(known)}")
     sites, broken = load_sites(wanted)
     return sites, {name: f"site file does not load: {why}" for name, why in broken.items()}
 

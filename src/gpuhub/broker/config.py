@@ -34,8 +34,8 @@ class BrokerConfig(Strict):
     @classmethod
     def _not_negative(cls, value: dict[str, float]) -> dict[str, float]:
         for site, hours in value.items():
-            if hours < 0:
-                raise ValueError(f"allocations.{site}: GPU hours left cannot be negative, got {hours}")
+            if not 0 <= hours <= 1e9:  # also false for NaN
+                raise ValueError(f"allocations.{site}: GPU hours left must be from 0 to 1e9, got {hours}")
         return value
 
     def models_for(self, gpu_type: str) -> frozenset[str] | None:

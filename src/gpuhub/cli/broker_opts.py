@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from gpuhub.cli.output import note
+from gpuhub.cli.params import BoundedFloat, JobRef
 
 AUTO = "auto"
 
@@ -47,7 +48,7 @@ def broker_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Preference order for the choice (replaces broker.yaml `prefer`)."),
         click.option("--offline", is_flag=True, help="Choose from the site files alone: no probe is run."),
         click.option("--refresh", is_flag=True, help="Probe the sites again even if a recent reading is cached."),
-        click.option("--probe-timeout", type=click.FloatRange(0.1, 600),
+        click.option("--probe-timeout", type=BoundedFloat(0.1, 600),
                      help="Longest wait for one site's live state, in seconds (broker.yaml probe_timeout)."),
     ]
     for option in reversed(options):
@@ -146,22 +147,25 @@ def advance_due(ledger: Any) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("job_id", type=click.IntRange(min=1))
+@click.argument("job", type=JobRef())
 @click.option("--watch", is_flag=True, help="Keep going until no more moves can happen.")
-@click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True,
+@click.option("--interval", type=BoundedFloat(0.5, 3600), default=10.0, show_default=True,
               help="Seconds between checks with --watch.")
-def failover(job_id: int, watch: bool, interval: float) -> None:
+def failover(job: str, watch: bool, interval: float) -> None:
     """Move a job submitted with --failover-after if it is due; say where it stands.
 
     \b
     Examples:
       gpuhub failover 42
-      gpuhub failover 42 --watch
+      gpuhub failover last --watch
     """
     from gpuhub.broker import failover as fo
+    from gpuhub.jobs import resolve
     from gpuhub.ledger import Ledger
 
     ledger = Ledger()
+    record = resolve(job, ledger)
+    job_id = record.attempt_of or record.id
     if ledger.failover(job_id) is None:
         raise click.UsageError(f"job {job_id} was not submitted with --failover-after")
     message = fo.watch(ledger, job_id, interval) if watch else fo.advance(ledger, job_id)

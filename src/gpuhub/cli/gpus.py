@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from gpuhub.cli.output import emit_json, table
+from gpuhub.cli.params import BoundedFloat
 
 
 def gpu_rows(site_name: str, reading: Any, site: Any) -> list[dict[str, Any]]:
@@ -35,7 +36,7 @@ def gpu_rows(site_name: str, reading: Any, site: Any) -> list[dict[str, Any]]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--sites", "sites", metavar="A,B,...", help="Only these sites (default: every configured site).")
 @click.option("--refresh", is_flag=True, help="Probe again even if a recent reading is cached.")
-@click.option("--probe-timeout", type=click.FloatRange(0.1, 600), help="Longest wait for one site, in seconds.")
+@click.option("--probe-timeout", type=BoundedFloat(0.1, 600), help="Longest wait for one site, in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def gpus(sites: str | None, refresh: bool, probe_timeout: float | None, as_json: bool) -> None:
     """Free and allocated GPUs per site and GPU model, across all sites, right now.

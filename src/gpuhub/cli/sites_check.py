@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from gpuhub.cli.output import emit_json
+from gpuhub.cli.params import BoundedFloat
 
 
 def _where(sources: list[Any], path: str) -> str:
@@ -20,7 +21,7 @@ def _where(sources: list[Any], path: str) -> str:
 @click.command("check", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("site")
 @click.option("--all", "show_all", is_flag=True, help="Also list every value that checks out.")
-@click.option("--timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True,
+@click.option("--timeout", type=BoundedFloat(1, 600), default=60.0, show_default=True,
               help="Seconds allowed for each command on the site.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable findings.")
 def check_cmd(site: str, show_all: bool, timeout: float, as_json: bool) -> None:
