@@ -108,7 +108,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["plan", "--sites", "nosuch", "--offline"], "unknown site(s) nosuch in --sites"),
+    (["plan", "--sites", "nosuch", "--offline"], "unknown site(s) 'nosuch' in --sites"),
     (["submit", "--site", "local", "--failover-after", "30m", "--", "true"],
      "--failover-after needs --site auto or --sites"),
     (["submit", "--site", "auto", "--failover-after", "0s", "--", "true"], "'0s'"),
