@@ -83,7 +83,7 @@ def choose_site(opts: dict[str, Any], build_request: Callable[[dict[str, Any]], 
     from gpuhub.broker.api import broker_plan
     from gpuhub.cli.plan import plan_table
 
-    request = build_request({**opts, "site_scheduler": None})
+    request = build_request({**opts, "site_here": False})
     result = broker_plan(request, **broker_args(opts))
     note(plan_table(result))
     row = result.require()

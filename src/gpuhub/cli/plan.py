@@ -61,7 +61,7 @@ def plan(as_json: bool, **opts: Any) -> None:
     if not opts.get("sites") and opts.get("site") not in (None, "auto") and \
             ctx.get_parameter_source("site") == click.core.ParameterSource.COMMANDLINE:
         opts["sites"] = [opts["site"]]
-    request = build_request({**opts, "command": opts.get("command") or ("true",), "site_scheduler": None})
+    request = build_request({**opts, "command": opts.get("command") or ("true",), "site_here": False})
     result = broker_plan(request, **broker_args(opts))
     if as_json:
         emit_json(result.to_json())
