@@ -247,29 +247,18 @@ def load_file(path: Path) -> Site:
 
 
 def load_sites(names: Iterable[str]) -> tuple[list[Site], dict[str, str]]:
-    """Many sites at once: layers listed once, parsed files reused between commands.
-
-    Returns the sites that load and, for the others, the one-line reason.
-    """
-    from gpuhub.site_files_cache import ParsedFiles
-
-    parsed = ParsedFiles()
-    listing = [(layer, {p.name: p for p in _site_files(layer.path)}) for layer in layers()]
+    """Many sites at once, from the validated-site cache: the sites that load and, for the
+    others, the one-line reason."""
+    entries = validated()
     sites, broken = [], {}
     for name in names:
-        sources = [
-            SiteSource(layer.name, files[name + suffix], parsed.get(files[name + suffix], read_yaml))
-            for layer, files in listing
-            for suffix in SUFFIXES
-            if name + suffix in files
-        ]
-        try:
-            if not sources:
-                raise ConfigError(f"unknown site {name!r} (see `gpuhub sites list`)")
-            sites.append(build_site(name, sources))
-        except ConfigError as exc:
-            broken[name] = exc.message
-    parsed.save()
+        entry = entries.get(name)
+        if entry is None:
+            broken[name] = unknown_site_message(name, sorted(entries))
+        elif entry.error is not None:
+            broken[name] = entry.error
+        else:
+            sites.append(sitecache.site_from(entry))
     return sites, broken
 
 
