@@ -12,7 +12,7 @@ interpreter start, the ledger write, the send and the recording of the answer. A
 * every row without an id ended as "never started", and no job with its name exists or runs.
 
 ``GPUHUB_CRASH_N`` sets N (default 20 per site). The counts per outcome are printed. Sites: this
-machine, Slurm over SSH, and the fake HTCondor pool over SSH.
+machine, Slurm over SSH, the fake HTCondor pool over SSH and the real OAR over SSH.
 """
 
 from __future__ import annotations
@@ -138,16 +138,29 @@ def condor_jobs(testbed: dict[str, str], since: str) -> list[tuple[str, str]]:
     return out
 
 
+def oar_jobs(testbed: dict[str, str], since: str) -> list[tuple[str, str]]:
+    """(name, id gpuhub tracks: the array id) of every OAR job named crash-*, in any state."""
+    from gpuhub.backends.oar_parse import parse_oarstat
+
+    text = subprocess.run(["oarstat", "-fJ", "--sql", "name LIKE 'crash-%'"], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    return [(job.name, job.array_id) for job in parse_oarstat(text).values()]
+
+
 @pytest.mark.slurm
 @pytest.mark.ssh
-@pytest.mark.parametrize(("site", "listing"), [("testbed", slurm_jobs), ("testbed-condor", condor_jobs)])
+@pytest.mark.parametrize(("site", "listing"), [("testbed", slurm_jobs), ("testbed-condor", condor_jobs),
+                                               ("oar-testbed", oar_jobs)])
 def test_kill_9_remote_submits_over_ssh(testbed, request, tmp_path, site, listing):
     if site == "testbed-condor":
         request.getfixturevalue("condor_testbed")
+    if site == "oar-testbed":
+        request.getfixturevalue("oar_testbed")
     env = {**os.environ, "GPUHUB_LEDGER": str(tmp_path / "ledger.sqlite"), "GPUHUB_SITES": str(SITES)}
     tag = uuid.uuid4().hex[:6]
     names = [f"crash-{tag}-{i}" for i in range(N)]
-    args = ["--site", site, "--gpus", "0", "--time", "5m", "--", "sleep", "1"]
+    # One GPU on OAR: a job without GPUs there takes a whole host, and 20 of them would queue.
+    args = ["--site", site, "--gpus", "1" if site == "oar-testbed" else "0", "--time", "5m", "--", "sleep", "1"]
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     delays = kill_runs(args, names, env)
     rows = settle(env)
