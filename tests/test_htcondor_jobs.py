@@ -109,3 +109,25 @@ def test_on_this_machine(gpuhub, tmp_path, monkeypatch):
     gpuhub("submit", "--site", "condor-here", "--gpus", "1", "--wait", "--", "bash", "-c", "echo here")
     assert gpuhub("logs", "1").stdout == "here\n"
     assert (tmp_path / "home" / "gpuhub-logs").is_dir()
+
+
+def test_live_gpus_of_the_pool_through_the_interface(gpuhub, monkeypatch):
+    """The exporter's probe (condor_status slots, condor_q demand), as the backend serves it."""
+    from gpuhub.backends import backend_for
+    from gpuhub.registry import load_site
+    from gpuhub.transport import close_all, transport_for
+
+    gpuhub("submit", "--site", "testbed-condor", "--gpus", "2", "--", "sleep", "60")
+    wait_for(gpuhub, "1", {"running"})
+    site = load_site("testbed-condor")
+    try:
+        reading = backend_for("htcondor").read_gpus(site, transport_for(site), time.monotonic() + 30)
+    finally:
+        close_all()
+        gpuhub("cancel", "1")
+    nodes = {(n.name, n.available): n for n in reading.nodes}
+    assert nodes[("gpu01.fake-pool", True)].total == {"a100": 4}
+    assert nodes[("gpu02.fake-pool", True)].total == {"v100": 4}
+    assert nodes[("gpu03.fake-pool", False)].total == {"h100": 2}  # drained: its GPUs cannot be handed out
+    assert sum(sum(n.used.values()) for n in reading.nodes) >= 2
+    assert any(job.state == "running" and job.gpus == {"": 2} for job in reading.jobs or [])
