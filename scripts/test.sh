@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 bash scripts/testbed/up.sh
 bash scripts/testbed/slurm2.sh       # a second cluster (V100), for choosing between sites
+bash scripts/testbed/labserver.sh   # a second login user and a fake nvidia-smi for the lab-server tests
 bash scripts/testbed/job-python.sh   # PyTorch for the DDP jobs, readable by the testbed's login user
 bash scripts/testbed/prometheus.sh install   # the real Prometheus (and promtool) the exporter tests start
 bash scripts/testbed/postgres.sh             # PostgreSQL, the team store of the accounting tests

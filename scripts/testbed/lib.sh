@@ -28,6 +28,26 @@ TB_DAEMON_ENV=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
 log()  { printf '[testbed] %s\n' "$*"; }
 warn() { printf '[testbed] WARNING: %s\n' "$*" >&2; }
 
+# ensure_login_user USER: a local user with a home (mode 755) who may log in over the
+# testbed sshd with a key.
+ensure_login_user() {
+    local user=$1 home
+    if ! id "$user" >/dev/null 2>&1; then
+        log "creating user $user"
+        useradd -m -d "/home/$user" -s /bin/bash "$user"
+    fi
+    # useradd leaves the password field '!' (locked). Our sshd runs without PAM,
+    # and then refuses locked accounts even for key logins; '*' means "no
+    # password" without the lock.
+    if [[ $(getent shadow "$user" | cut -d: -f2) == '!'* ]]; then
+        usermod -p '*' "$user"
+    fi
+    home=$(getent passwd "$user" | cut -d: -f6)
+    mkdir -p "$home"
+    chown "$user:" "$home"
+    chmod 755 "$home"
+}
+
 # Print the end of a log file, for failure reports.
 tail_log() {
     local f=$1 n=${2:-30}

@@ -79,20 +79,8 @@ fi
 # ---------------------------------------------------------------------------
 # 2. Users, directories, name resolution
 # ---------------------------------------------------------------------------
-if ! id "$TB_SSH_USER" >/dev/null 2>&1; then
-    log "creating user $TB_SSH_USER"
-    useradd -m -d "/home/$TB_SSH_USER" -s /bin/bash "$TB_SSH_USER"
-fi
-# useradd leaves the password field '!' (locked). Our sshd runs without PAM,
-# and then refuses locked accounts even for key logins; '*' means "no
-# password" without the lock.
-if [[ $(getent shadow "$TB_SSH_USER" | cut -d: -f2) == '!'* ]]; then
-    usermod -p '*' "$TB_SSH_USER"
-fi
+ensure_login_user "$TB_SSH_USER"
 HUB_HOME=$(getent passwd "$TB_SSH_USER" | cut -d: -f6)
-mkdir -p "$HUB_HOME"
-chown "$TB_SSH_USER:" "$HUB_HOME"
-chmod 755 "$HUB_HOME"
 
 mkdir -p "$TB_STATE" "$TB_LOG" "$TB_RUN" "$TB_SSH" "$SLURM_ETC" \
          "$TB_STATE/slurm/ctld"

@@ -270,6 +270,89 @@ class OarSettings(Strict):
     model_property: Token = Field("gpumodel", description="property naming each GPU's model")
 
 
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _check_host_path(value: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in "\n\r\0"):
+        raise ValueError(f"{value!r} must be an absolute path on the host (shared by every user, so no '~')")
+    return value
+
+
+HostPath = Annotated[str, BeforeValidator(_check_host_path)]
+
+
+class LabHost(Strict):
+    """One GPU server of a pool. A bare string in ``lab.hosts`` is a host of that name."""
+
+    name: str = Field(..., description="short name shown in job ids and `gpuhub gpus` (gpu1)")
+    host: str | None = Field(None, description="address to connect to; default: the name")
+    port: int | None = Field(None, ge=1, le=65535)
+    lock_dir: HostPath | None = Field(None, description="overrides lab.lock_dir on this host")
+    nvidia_smi: str | None = Field(None, description="overrides lab.nvidia_smi on this host")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not HOST_NAME_RE.fullmatch(value):
+            raise ValueError(f"host name {value!r}: use letters, digits, '.', '_' and '-' (at most 63)")
+        return value
+
+    @field_validator("host", "nvidia_smi")
+    @classmethod
+    def _word(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() or c == "\0" for c in value)):
+            raise ValueError(f"{value!r} must be a non-empty word without blanks")
+        return value
+
+    @property
+    def address(self) -> str:
+        return self.host or self.name
+
+
+class Lab(Strict):
+    """GPU sharing on servers without a scheduler (``ssh`` sites): locks, queue, policy, pool."""
+
+    hosts: list[LabHost] = Field(
+        default_factory=list, description="the pool (names or {name, host, port, lock_dir, nvidia_smi}); "
+        "empty: connection.host alone")
+    lock_dir: HostPath = Field(
+        "/var/tmp/gpuhub-locks", description="shared lock directory on each host (created 1777, sticky)")
+    nvidia_smi: str = Field("nvidia-smi", description="nvidia-smi command or absolute path on the hosts")
+    busy_memory_mib: int = Field(
+        1024, ge=0, le=10_000_000, description="an unlocked GPU using more memory (MiB) counts as used outside gpuhub")
+    busy_utilization: int = Field(
+        10, ge=0, le=100, description="an unlocked GPU busier than this (%) counts as used outside gpuhub")
+    max_gpus_per_user: int | None = Field(None, ge=1, le=1024, description="GPUs one user may hold on a host")
+    max_walltime: Walltime | None = Field(None, description="longest job; jobs are stopped at their walltime")
+    reserved_gpus: list[Annotated[int, Field(ge=0, le=1023)]] = Field(
+        default_factory=list, description="GPU indices gpuhub never hands out (kept for interactive use)")
+    kill_grace: int = Field(30, ge=1, le=3600, description="seconds between TERM and KILL at the walltime")
+    queue_poll: float = Field(2.0, ge=0.1, le=60, description="seconds between two looks of a queued job")
+
+    @field_validator("nvidia_smi")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if not value or any(c.isspace() or c == "\0" for c in value):
+            raise ValueError(f"nvidia_smi {value!r} must be a command name or path without blanks")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> Lab:
+        names = [h.name for h in self.hosts]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"hosts repeat: {', '.join(repeated)}")
+        if len(set(self.reserved_gpus)) != len(self.reserved_gpus):
+            raise ValueError(f"reserved_gpus repeat: {self.reserved_gpus}")
+        return self
+
+
 # One name per backend of gpuhub.backends.BACKENDS (a new scheduler adds its name here too).
 class HTCondorSettings(Strict):
     """What differs between HTCondor pools."""
@@ -309,6 +392,7 @@ class Site(Strict):
     accounting: Accounting = Field(default_factory=Accounting)
     htcondor: HTCondorSettings = Field(default_factory=HTCondorSettings, description="HTCondor sites only")
     oar: OarSettings = Field(default_factory=OarSettings, description="OAR sites only: resource property names")
+    lab: Lab = Field(default_factory=Lab, description="lab GPU servers (ssh sites): GPU locks, policy, pool")
     unverified: list[str] = Field(
         default_factory=list, description="dotted paths of values not yet confirmed on the live site"
     )
