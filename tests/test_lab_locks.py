@@ -84,7 +84,7 @@ class Lab:
     def close(self) -> None:
         for user, transport in self.users.items():
             try:
-                ops.cancel(transport, self.tokens[user], self.fake.lock_dir)
+                ops.cancel(transport, self.tokens[user])
                 script = 'for id in "$@"; do rm -rf -- "$HOME/.gpuhub/jobs/$id"; done'
                 transport.run(["bash", "-c", script, "cleanup", *self.tokens[user]], check=False)
             finally:
@@ -208,7 +208,7 @@ def test_cancel_kills_the_whole_tree_and_frees_the_gpus(lab, host):
     while t.run(count).stdout.strip() != "2":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    ops.cancel(t, [token], host.lock_dir)
+    ops.cancel(t, [token])
     assert lab.wait_state("hubuser", token, {State.CANCELLED, State.FAILED}).state == State.CANCELLED
     assert t.run(count).stdout.strip() == "0"
     assert held_by(lab) == {}

@@ -75,13 +75,14 @@ def wrapper_args(alloc: Allocation, lab: Lab, host: LabHost, token: str, wait: i
 def launch(
     transport: Transport, job: RenderedJob, token: str, args: list[str], host: str, timeout: float = 120.0
 ) -> Launch:
-    """Write the job directory and start the job; it reserves its GPUs itself, all or nothing."""
+    """Write the job script and start the job, in one command; the job reserves its GPUs itself."""
     directory = shell.job_dir(token)
-    if job.main_file != shell.MAIN_FILE:
-        raise GpuhubError(f"a lab-server job's main file must be {shell.MAIN_FILE!r}, not {job.main_file!r}")
-    for name, text in job.files.items():
-        transport.put_text(f"{directory}/{name}", text, 0o755 if name == shell.MAIN_FILE else 0o644)
-    result = transport.run(["bash", "-c", remote.LAUNCHER, "gpuhub-launch", directory, *args], timeout=timeout)
+    if list(job.files) != [shell.MAIN_FILE]:
+        raise GpuhubError(f"a lab-server job is one file, {shell.MAIN_FILE!r}, not {', '.join(job.files)}")
+    result = transport.run(
+        ["bash", "-c", remote.LAUNCHER, "gpuhub-launch", directory, *args], stdin=job.files[shell.MAIN_FILE],
+        timeout=timeout,
+    )
     return parse_launch(result.stdout, host)
 
 
@@ -94,7 +95,10 @@ def parse_launch(stdout: str, host: str) -> Launch:
         return Launch("queued", reason=rest.strip())
     if head == "#refused":
         reason, _, snapshot = rest.partition("\n")
-        seen = parse_probe(snapshot, host) if snapshot.strip() else None
+        try:
+            seen = parse_probe(snapshot, host) if snapshot.strip() else None
+        except GpuhubError:
+            seen = None  # the reason says enough
         return Launch("refused", reason=reason.strip(), probe=seen)
     if head == "#ended":
         return Launch("ended", reason=rest.strip())
@@ -143,11 +147,11 @@ def _replace(st: JobStatus, changes: dict[str, object]) -> JobStatus:
     return JobStatus(**values)  # type: ignore[arg-type]
 
 
-def cancel(transport: Transport, ids: list[str], locks: str, timeout: float = 60.0) -> None:
+def cancel(transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
     """Stop the jobs (every process of their sessions) and free their GPUs; one command."""
     if ids:
         transport.run(
-            ["bash", "-c", remote.CANCEL, "gpuhub-cancel", shell.jobs_root(), locks],
+            ["bash", "-c", remote.CANCEL, "gpuhub-cancel", shell.jobs_root()],
             stdin="\n".join(ids) + "\n",
             timeout=timeout,
         )

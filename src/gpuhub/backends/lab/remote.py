@@ -26,13 +26,15 @@ GPU_FIELDS = "index,uuid,name,memory.used,memory.total,utilization.gpu"
 APP_FIELDS = "gpu_uuid,pid,used_gpu_memory"
 REFUSED_EXIT = 75  # EX_TEMPFAIL: no GPUs now (or not within the wait)
 
-# entries DIR CLEAN: one line per entry file NAME.TOKEN of DIR:
-# NAME|TOKEN|OWNER|PID|START|EPOCH|NEED|ALIVE. The owner is the file's, not what it says.
-# CLEAN=1: this user's entries whose process is dead are removed instead.
+# entries DIR: one line per entry file NAME.TOKEN of DIR: NAME|TOKEN|OWNER|PID|START|EPOCH|NEED|ALIVE.
+# The owner is the file's, not what it says. With clean=1, this user's entries whose process is
+# dead are removed instead.
 _ENTRIES = r"""entries() {
-  [ -d "$1" ] || return 0
   local owner f name key tok p t e n a
-  stat -c '%U %n' -- "$1"/*.* 2>/dev/null | while read -r owner f; do
+  set -- "$1" "$2" "$1"/*.*
+  [ -e "$3" ] || return 0
+  shift 2
+  stat -c '%U %n' -- "$@" 2>/dev/null | while read -r owner f; do
     [ -f "$f" ] || continue
     name=${f##*/}; key=${name%.*}; tok=${name##*.}
     p= t= e= n=
@@ -43,7 +45,7 @@ _ENTRIES = r"""entries() {
     t=${t//[!A-Za-z0-9:-]/}
     a=0
     if [ "$p" -gt 0 ] && st "$p" && [ "$ST" = "$t" ]; then a=1; fi
-    if [ "$a" = 0 ] && [ "$2" = 1 ] && [ -O "$f" ]; then rm -f -- "$f"; continue; fi
+    if [ "$a" = 0 ] && [ "$clean" = 1 ] && [ -O "$f" ]; then rm -f -- "$f"; continue; fi
     printf '%s|%s|%s|%s|%s|%s|%s|%s\n' "$key" "$tok" "$owner" "$p" "${t:--}" "$e" "$n" "$a"
   done
 }
@@ -53,8 +55,9 @@ _ENTRIES = r"""entries() {
 _PROBE_FN = (
     _ENTRIES
     + rf"""probe() {{
-  local out rc pids
+  local out rc pids u p m
   if ! command -v -- "$1" >/dev/null 2>&1; then echo "#error no-nvidia-smi"; return 0; fi
+  clean=$3
   echo "#gpus"
   "$1" --query-gpu={GPU_FIELDS} --format=csv,noheader,nounits 2>&1
   echo "#rc $?"
@@ -63,33 +66,37 @@ _PROBE_FN = (
   [ -n "$out" ] && printf '%s\n' "$out"
   echo "#rc $rc"
   echo "#owners"
-  pids=$(printf '%s\n' "$out" | awk -F', ' '$2 ~ /^[0-9]+$/ {{ printf "%s%s", s, $2; s = "," }}')
+  pids=
+  while IFS=', ' read -r u p m; do
+    case $p in ''|*[!0-9]*) ;; *) pids=$pids${{pids:+,}}$p ;; esac
+  done <<< "$out"
   if [ -n "$pids" ]; then
     ps -o pid= -o user:32= -p "$pids" 2>/dev/null || ps -o pid= -o user= -p "$pids" 2>/dev/null
   fi
   echo "#locks"
-  entries "$2" "$3"
+  entries "$2"
   echo "#queue"
-  entries "$2/queue" "$3"
-  echo "#now $(date +%s)"
+  entries "$2/queue"
+  printf '#now %(%s)T\n' -1
 }}
 """
 )
 
-# lockdir_ready DIR: the shared lock directory exists, is world-writable with the sticky bit,
-# and fd 9 is open on DIR/.lock. Prints why not, and fails, otherwise.
+# lockdir_ready DIR: the shared lock directory and its queue exist, world-writable with the
+# sticky bit, and DIR/.lock is readable by all; otherwise sets WHY and fails.
 _LOCKDIR_FN = r"""lockdir_ready() {
   local d
   for d in "$1" "$1/queue"; do
+    [ -k "$d" ] && [ -w "$d" ] && continue
     [ -d "$d" ] || (umask 0; mkdir -p -m 1777 -- "$d") 2>/dev/null
-    [ -d "$d" ] || { echo "cannot create the lock directory $d"; return 1; }
+    [ -d "$d" ] || { WHY="cannot create the lock directory $d"; return 1; }
     [ -O "$d" ] && chmod 1777 -- "$d" 2>/dev/null
     if [ ! -k "$d" ] || [ ! -w "$d" ]; then
-      echo "the lock directory $d must be world-writable with the sticky bit (chmod 1777 $d)"; return 1
+      WHY="the lock directory $d must be world-writable with the sticky bit (chmod 1777 $d)"; return 1
     fi
   done
   [ -e "$1/.lock" ] || (umask 0; : >> "$1/.lock") 2>/dev/null
-  exec 9< "$1/.lock" || { echo "cannot open $1/.lock for reading"; return 1; }
+  [ -r "$1/.lock" ] || { WHY="cannot read $1/.lock (it must be readable by all: chmod 666)"; return 1; }
 }
 """
 
@@ -173,68 +180,74 @@ _WRAPPER = (
 cd -- "$1" || exit 1
 trap : TERM
 st $$ || ST=-
-printf '%s %s %s\n' "$$" "$ST" "$(date +%s)" > pid.tmp && mv -f pid.tmp pid
+printf '%s %s %(%s)T\n' "$$" "$ST" -1 > pid.tmp && mv -f pid.tmp pid
 token=$2 need=$3 dir=$4 smi=$5 reserved=$6 memmax=$7 utilmax=$8 maxper=$9 wait=${{10}} wall=${{11}} grace=${{12}}
 poll=${{13}}
 snap=
+[ "$need" -gt 0 ] && printf '%s\n' "$dir" > lockdir
 finish() {{
   rm -f -- "$dir"/*."$token" "$dir/queue"/*."$token" 2>/dev/null
-  printf '%s %s\n' "$1" "$(date +%s)" > exitcode.tmp && mv -f exitcode.tmp exitcode
+  printf '%s %(%s)T\n' "$1" -1 > exitcode.tmp && mv -f exitcode.tmp exitcode
   exit 0
 }}
 refuse() {{
-  {{ printf '%s\n' "$1"; if [ -n "$snap" ]; then printf '%s\n' "$snap"; fi; }} > refused.tmp
+  {{ printf '%s\n' "$1"; if [ -n "$snap" ]; then cat probe.out; fi; }} > refused.tmp
   mv -f refused.tmp refused
   finish {REFUSED_EXIT}
 }}
 export CUDA_VISIBLE_DEVICES= CUDA_DEVICE_ORDER=PCI_BUS_ID
 if [ "$need" -gt 0 ]; then
-  why=$(lockdir_ready "$dir") || refuse "$why"
-  exec 9< "$dir/.lock"
-  me=$(id -un); queued=; since=$(date +%s)
+  lockdir_ready "$dir" || refuse "$WHY"
+  me=${{USER:-$(id -un)}}; queued=; printf -v since '%(%s)T' -1
+  # Closing fd 9 releases the lock: the job never inherits it.
+  unlock() {{ exec 9<&-; }}
   while :; do
     [ -e cancelled ] && finish 143
+    exec 9< "$dir/.lock" || refuse "cannot open $dir/.lock"
     flock -w 60 9 || refuse "the lock $dir/.lock stayed taken for 60 s"
-    snap=$(probe "$smi" "$dir" 1)
-    case $snap in
-      "#error no-nvidia-smi"*) flock -u 9; snap=; refuse "no nvidia-smi on this host (looked for $smi)" ;;
+    probe "$smi" "$dir" 1 > probe.out
+    read -r first < probe.out
+    case $first in
+      "#error no-nvidia-smi"*) unlock; snap=; refuse "no nvidia-smi on this host (looked for $smi)" ;;
     esac
-    verdict=$(printf '%s\n' "$snap" | awk -v need="$need" -v me="$me" -v token="$token" -v reserved="$reserved" \
-      -v memmax="$memmax" -v utilmax="$utilmax" -v maxper="$maxper" "$decide")
-    now=$(date +%s)
+    snap=1
+    verdict=$(awk -v need="$need" -v me="$me" -v token="$token" -v reserved="$reserved" \
+      -v memmax="$memmax" -v utilmax="$utilmax" -v maxper="$maxper" "$decide" probe.out)
+    printf -v now '%(%s)T' -1
     case $verdict in
       "take "*)
         set -f; set -- $verdict; set +f
         ids=$2 keys=$3
         for k in ${{keys//,/ }}; do printf '%s %s %s 1\n' "$$" "$ST" "$now" > "$dir/$k.$token"; done
-        rm -f -- "$dir/queue"/*."$token"
-        flock -u 9
+        [ -n "$queued" ] && rm -f -- "$dir/queue/$queued.$token"
+        unlock
         printf '%s %s %s\n' "$ids" "$keys" "$now" > gpus.tmp && mv -f gpus.tmp gpus
         export CUDA_VISIBLE_DEVICES=$ids GPUHUB_GPU_UUIDS=$keys
         break ;;
-      "never "*) flock -u 9; refuse "${{verdict#never }}" ;;
+      "never "*) unlock; refuse "${{verdict#never }}" ;;
     esac
     reason=${{verdict#wait }}
-    [ "$wait" -lt 0 ] && {{ flock -u 9; refuse "$reason"; }}
+    [ "$wait" -lt 0 ] && {{ unlock; refuse "$reason"; }}
     if [ -z "$queued" ]; then
-      queued=$(date +%s%N)
+      queued=${{EPOCHREALTIME/[.,]/}}000
+      [ "$queued" = 000 ] && queued=$(date +%s%N)
       printf '%s %s %s %s\n' "$$" "$ST" "$now" "$need" > "$dir/queue/$queued.$token"
     fi
-    flock -u 9
+    unlock
     printf '%s\n' "$reason" > queued.tmp && mv -f queued.tmp queued
     if [ "$wait" -gt 0 ] && [ $((now - since)) -gt "$wait" ]; then
       snap=; refuse "no GPUs within the $wait s wait: $reason"
     fi
     sleep "$poll"
   done
-  exec 9<&-
 fi
 [ -e cancelled ] && finish 143
-begin=$(date +%s)
+printf -v begin '%(%s)T' -1
 if [ "$wall" -gt 0 ]; then
   timeout -s TERM -k "$grace" "$wall" bash job.sh > job.out 2> job.err
   rc=$?
-  if [ $(($(date +%s) - begin)) -ge "$wall" ] && [ ! -e cancelled ]; then : > timedout; fi
+  printf -v end '%(%s)T' -1
+  if [ $((end - begin)) -ge "$wall" ] && [ ! -e cancelled ]; then : > timedout; fi
 else
   bash job.sh > job.out 2> job.err
   rc=$?
@@ -243,29 +256,34 @@ finish "$rc"
 """
 )
 
-# Starts the job once ($1 = job directory, then the wrapper's other arguments) and reports:
+# Writes the job script read on stdin into the job directory ($1, made if needed) and starts
+# the job once (the wrapper's other arguments follow $1); then reports:
 # "#started" + the gpus file, "#queued" + why, "#refused" + why and the probe, or "#ended".
 LAUNCHER = (
     _ROOT
     + rf"""d=$root; shift
-cd -- "$d" 2>/dev/null || {{ echo "gpuhub: no job directory $d" >&2; exit 1; }}
-[ -f job.sh ] || {{ echo "gpuhub: $d/job.sh is missing" >&2; exit 1; }}
+mkdir -p -- "$d" && cd -- "$d" || {{ echo "gpuhub: cannot make the job directory $d" >&2; exit 1; }}
+if [ ! -e launch.lock ]; then
+  umask 077
+  cat > job.sh.tmp && chmod 700 job.sh.tmp && mv -f job.sh.tmp job.sh || exit 1
+  umask 022
+fi
 if [ "$2" -gt 0 ] && ! command -v flock >/dev/null 2>&1; then
   echo "gpuhub: flock (util-linux) is missing on this host: it is needed to share GPUs" >&2; exit 1
 fi
 wrapper={shlex.quote(_WRAPPER)}
 if mkdir launch.lock 2>/dev/null; then
   if setsid -f true </dev/null >/dev/null 2>&1; then
-    setsid -f nohup bash -c "$wrapper" gpuhub-job "$d" "$@" </dev/null >/dev/null 2>&1
+    setsid -f bash -c "$wrapper" gpuhub-job "$d" "$@" </dev/null >/dev/null 2>&1
   else
-    setsid nohup bash -c "$wrapper" gpuhub-job "$d" "$@" </dev/null >/dev/null 2>&1 &
+    setsid bash -c "$wrapper" gpuhub-job "$d" "$@" </dev/null >/dev/null 2>&1 &
   fi
 fi
 i=0
 until [ -s pid ] && {{ [ -e gpus ] || [ -e queued ] || [ -e exitcode ]; }}; do
   i=$((i + 1))
-  [ "$i" -le 1800 ] || {{ echo "gpuhub: the job in $d did not start (no GPU decision after 90 s)" >&2; exit 1; }}
-  sleep 0.05
+  [ "$i" -le 3000 ] || {{ echo "gpuhub: the job in $d did not start (no GPU decision after 90 s)" >&2; exit 1; }}
+  if [ "$i" -le 100 ]; then sleep 0.01; else sleep 0.05; fi
 done
 if [ -e gpus ]; then echo "#started"; cat gpus
 elif [ -e refused ]; then echo "#refused"; cat refused
@@ -295,13 +313,13 @@ done
 """
 )
 
-# Cancels the ids read on stdin ($1 = jobs root, $2 = lock directory): TERM to every process of
-# each job's session (the job may have made process groups of its own), KILL to what is left
-# after 5 s, then the job's locks and queue entry are removed.
+# Cancels the ids read on stdin ($1 = jobs root): TERM to every process of each job's session
+# (the job may have made process groups of its own), KILL to what is left after 5 s, then the
+# job's locks and queue entry are removed (from the lock directory named in its "lockdir").
 CANCEL = (
     _ROOT
     + _ST
-    + r"""dir=$2; sids=; tokens=
+    + r"""sids=; tokens=
 while IFS= read -r id; do
   [ -n "$id" ] || continue
   d=$root/$id
@@ -324,7 +342,11 @@ if [ -n "$sids" ]; then
   i=0
   while [ -n "$(members)" ] && [ "$i" -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
 fi
-for id in $tokens; do rm -f -- "$dir"/*."$id" "$dir/queue"/*."$id" 2>/dev/null; done
+for id in $tokens; do
+  dir=
+  [ -r "$root/$id/lockdir" ] && read -r dir < "$root/$id/lockdir"
+  [ -n "$dir" ] && rm -f -- "$dir"/*."$id" "$dir/queue"/*."$id" 2>/dev/null
+done
 exit 0
 """
 )
