@@ -32,7 +32,7 @@ def validate(tmp_path, body: str) -> subprocess.CompletedProcess[str]:
         ("lab: {busy_utilization: 101}", "lab.busy_utilization: Input should be less than or equal to 100"),
         ("lab: {reserved_gpus: [1, 1]}", "reserved_gpus repeat: [1, 1]"),
         ("lab: {hosts: [gpu1, gpu2, gpu2]}", "hosts repeat: gpu2"),
-        ("lab: {hosts: [gpu2, gpu3]}", "connection.host 'gpu1' must be one of lab.hosts (gpu2, gpu3)"),
+        ("lab: {hosts: [gpu2, gpu3]}", "connection.host: 'gpu1' must be one of lab.hosts (gpu2, gpu3)"),
         ("lab: {hosts: ['gpu 1']}", "host name 'gpu 1'"),
         ("lab: {nvidia_smi: 'nvidia-smi; rm -rf ~'}", "must be a command name or path without blanks"),
         ("lab: {max_walltime: 1y}", "lab.max_walltime"),
@@ -52,7 +52,7 @@ def test_lab_block_only_on_ssh_sites(tmp_path):
     )
     result = subprocess.run([sys.executable, "-m", "gpuhub", "sites", "validate", str(path)],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "'lab' settings apply to ssh sites" in result.stderr
+    assert result.returncode == 2 and "lab: 'lab' settings are for lab GPU servers (scheduler ssh)" in result.stderr
 
 
 def test_a_good_pool(tmp_path):

@@ -26,6 +26,11 @@ class RequestError(GpuhubError):
     exit_code = 2
 
 
+class NoFreeGpus(GpuhubError):
+    """A lab server refused a job for want of free GPUs; nothing runs. The message lists, one per
+    line, who holds which GPU, so it is kept whole."""
+
+
 SHOWN_CHARS = 80
 
 

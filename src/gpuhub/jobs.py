@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuhub import inflight
 from gpuhub.backends import backend_for
-from gpuhub.errors import ConfigError, GpuhubError, RequestError
+from gpuhub.errors import ConfigError, GpuhubError, NoFreeGpus, RequestError
 from gpuhub.ledger import JobRecord, Ledger
 from gpuhub.plan import plan
 from gpuhub.registry import load_site
@@ -28,7 +28,7 @@ from gpuhub.request import JobRequest, array_size
 from gpuhub.site import Site
 from gpuhub.states import JobStatus, State
 from gpuhub.transport import CommandTimeout, transport_for
-from gpuhub.transport.base import CommandError, TransportError
+from gpuhub.transport.base import CommandError, Transport, TransportError
 
 if TYPE_CHECKING:
     from gpuhub.backends.base import Backend
@@ -100,7 +100,7 @@ def submit(
                 f"job sent to {site_obj.name} as {scheduler_id}, but the ledger {ledger.path} could not record it "
                 f"({exc}); once the ledger is writable, `gpuhub status` adopts it"
             ) from None
-    return Job(record, ledger)
+    return Job(record, ledger, backend.submit_notes(token))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -115,6 +115,9 @@ def _after_failed_send(site: Site, backend: Backend, record: JobRecord, ledger: 
     Returns the scheduler id of an adopted job; raises a one-line GpuhubError otherwise.
     """
     why = _one_line(exc)
+    if isinstance(exc, NoFreeGpus):
+        ledger.mark_failed_submit(record.id, why)  # the host said no: the job never runs
+        raise exc
     if isinstance(exc, RequestError | ConfigError):
         ledger.mark_failed_submit(record.id, why)  # refused before anything was sent
         raise GpuhubError(why) from None
@@ -267,8 +270,7 @@ def read_log(record: JobRecord, stderr: bool = False) -> str:
     path = record.log_err if stderr else record.log_out
     if not path:
         raise GpuhubError(f"job {record.id} has no log file recorded")
-    site = load_site(record.site)
-    result = transport_for(site).run(["cat", "--", path], check=False)
+    result = _log_transport(record).run(["cat", "--", path], check=False)
     if not result.ok:
         raise GpuhubError(f"log {path} of job {record.id} is not readable yet: {result.stderr.strip()}")
     return result.stdout
@@ -286,8 +288,7 @@ def follow_log(
     path = record.log_err if stderr else record.log_out
     if not path:
         raise GpuhubError(f"job {record.id} has no log file recorded")
-    site = load_site(record.site)
-    lines = transport_for(site).stream(["tail", "-n", "+1", "-F", "--", path], idle=min(grace, poll) / 2)
+    lines = _log_transport(record).stream(["tail", "-n", "+1", "-F", "--", path], idle=min(grace, poll) / 2)
     return _until_over(lines, record, ledger or Ledger(), poll, grace)
 
 
@@ -319,12 +320,18 @@ def _until_over(lines: Iterator[str], record: JobRecord, ledger: Ledger, poll: f
         lines.close()  # type: ignore[attr-defined]
 
 
+def _log_transport(record: JobRecord) -> Transport:
+    site = load_site(record.site)
+    return backend_for(site.scheduler).job_transport(site, record.scheduler_id or "")
+
+
 class Job:
     """A submitted job: ``state``, ``wait()``, ``logs()``, ``cancel()``."""
 
-    def __init__(self, record: JobRecord, ledger: Ledger) -> None:
+    def __init__(self, record: JobRecord, ledger: Ledger, notes: list[str] | None = None) -> None:
         self.record = record
         self.ledger = ledger
+        self.notes = notes or []  # what the site said about the submission (where it went and why)
 
     def __repr__(self) -> str:
         return f"<Job {self.record.id} {self.record.ref} {self.record.state.value}>"

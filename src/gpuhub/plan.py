@@ -162,7 +162,8 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
     from gpuhub.backends import backend_for
     from gpuhub.backends.shell_scripts import KILL_AFTER
 
-    by_gpuhub = backend_for(site.scheduler).capabilities.time_limit == "gpuhub"
+    caps = backend_for(site.scheduler).capabilities
+    by_gpuhub = caps.time_limit == "gpuhub"
     walltime = req.time or site.defaults.time or part.default_walltime
     time_limit = walltime
     if req.time is None and walltime is not None:
@@ -170,19 +171,25 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
         reasons.append(f"no --time given: {format_walltime(walltime)} from the site's {origin}")
     if walltime is None:
         walltime = min(DEFAULT_WALLTIME, part.max_walltime or DEFAULT_WALLTIME)
-        if by_gpuhub:
+        if by_gpuhub and site.lab.max_walltime:
+            walltime = time_limit = min(site.lab.max_walltime, part.max_walltime or site.lab.max_walltime)
+            reasons.append(f"no --time given: {format_walltime(walltime)}, the site's lab.max_walltime, kept by "
+                           f"gpuhub: TERM at the limit, KILL {site.lab.kill_grace} s later")
+        elif by_gpuhub:
             reasons.append("no --time given: no time limit (no scheduler here; --time sets one)")
         else:
             time_limit = walltime
             reasons.append(f"no --time given: {format_walltime(walltime)}")
     elif by_gpuhub:
+        grace = site.lab.kill_grace if caps.gpu_locks else KILL_AFTER
         reasons.append(f"time limit {format_walltime(walltime)} kept by gpuhub (no scheduler here): TERM at the "
-                       f"limit, KILL {KILL_AFTER} s later")
+                       f"limit, KILL {grace} s later")
     if part.max_walltime and walltime > part.max_walltime:
         raise RequestError(
             f"walltime {format_walltime(walltime)} is over the {format_walltime(part.max_walltime)} "
             f"limit of partition {key!r} on site {site.name!r}"
         )
+    _lab_policy(site, nodes * gpn, walltime)
 
     qos = _qos(site, req, key, part, walltime, reasons)
     account = _account(site, req, part)
@@ -302,6 +309,20 @@ def _account(site: Site, req: JobRequest, part: Partition) -> str | None:
     return account
 
 
+def _lab_policy(site: Site, gpus: int, walltime: int) -> None:
+    """A lab server's own limits (site ``lab:`` block); the host enforces them again at run time."""
+    lab = site.lab
+    if lab.max_walltime and walltime > lab.max_walltime:
+        raise RequestError(
+            f"walltime {format_walltime(walltime)} is over the {format_walltime(lab.max_walltime)} "
+            f"limit of site {site.name!r} (lab.max_walltime)"
+        )
+    if lab.max_gpus_per_user and gpus > lab.max_gpus_per_user:
+        raise RequestError(
+            f"{gpus} GPUs asked; site {site.name!r} allows {lab.max_gpus_per_user} per user (lab.max_gpus_per_user)"
+        )
+
+
 def _scheduler_limits(site: Site, req: JobRequest, nodes: int, launcher: str) -> None:
     """What the site's scheduler cannot do, read from its backend's capabilities."""
     from gpuhub.backends import backend_for
@@ -322,5 +343,9 @@ def _scheduler_limits(site: Site, req: JobRequest, nodes: int, launcher: str) ->
         )
     if req.dependency and not can.dependencies:
         raise RequestError(f"job dependencies are not available on site {site.name!r} ({kind})")
+    if req.wait_for_gpus is not None and not can.gpu_locks:
+        raise RequestError(
+            f"--wait-for-gpus is for lab GPU servers; site {site.name!r} ({kind}) queues jobs itself"
+        )
     if req.array and not can.arrays:
         raise RequestError(f"job arrays are not available on site {site.name!r} ({kind})")

@@ -62,6 +62,11 @@ class JobRequest(BaseModel):
     partition: str | None = Field(None, max_length=MAX_NAME)
     qos: Token | None = None
     directives: list[Directive] = Field(default_factory=list, description="extra scheduler options")
+    wait_for_gpus: int | None = Field(
+        None, ge=0, le=30 * 86400,
+        description="lab servers: wait in the host's queue this many seconds (0 = as long as it takes) "
+        "when no GPUs are free, instead of failing",
+    )
 
     @field_validator("array")
     @classmethod

@@ -16,7 +16,7 @@ BACKENDS = {
     "slurm": "gpuhub.backends.slurm:SlurmBackend",
     "htcondor": "gpuhub.backends.htcondor:HTCondorBackend",
     "oar": "gpuhub.backends.oar:OarBackend",
-    "ssh": "gpuhub.backends.shell:SSHBackend",
+    "ssh": "gpuhub.backends.lab.backend:LabBackend",
     "local": "gpuhub.backends.shell:LocalBackend",
 }
 

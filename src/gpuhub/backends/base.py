@@ -48,6 +48,7 @@ class Capabilities:
     # Who stops a job at its walltime: "scheduler" (sbatch --time...) or "gpuhub" (no scheduler:
     # gpuhub's own watchdog, only when a time was asked for or set by the site).
     time_limit: str = "scheduler"
+    gpu_locks: bool = False  # GPUs reserved by gpuhub itself: the site's `lab:` block, --wait-for-gpus
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class Backend(ABC):
             allowed = " or ".join(sorted({"ledger", self.usage_source}))
             problems.append(SiteProblem(("accounting", "source"),
                                         f"{source!r} is not a usage source of {site.scheduler} sites; use {allowed}"))
+        if "lab" in site.model_fields_set and not self.capabilities.gpu_locks:
+            problems.append(SiteProblem(("lab",), f"'lab' settings are for lab GPU servers (scheduler ssh), "
+                                                  f"not for {site.scheduler}"))
         return problems
 
     # --- building a job (pure) --------------------------------------------------------------
@@ -162,6 +166,17 @@ class Backend(ABC):
     @abstractmethod
     def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
         """Where the job's standard output and error are, as paths the transport reads."""
+
+    def job_transport(self, site: Site, scheduler_id: str) -> Transport:
+        """The transport that reaches a job's files (its logs): the site's, unless the backend
+        spreads jobs over several machines."""
+        from gpuhub.transport import transport_for
+
+        return transport_for(site)
+
+    def submit_notes(self, token: str) -> list[str]:
+        """What the user should hear about a submission just made (where it went and why)."""
+        return []
 
     # --- accounting and live GPUs ----------------------------------------------------------
 

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("gpuhub.cli.jobs:render", "Print the exact job script and submit command for a site."),
     "submit": ("gpuhub.cli.jobs:submit", "Submit a job to a site (or --site auto) and record it."),
     "plan": ("gpuhub.cli.plan:plan", "Rank the sites that can run a job and say which one and why."),
-    "gpus": ("gpuhub.cli.gpus:gpus", "Free and allocated GPUs per site and model, right now."),
+    "gpus": ("gpuhub.cli.gpus:gpus", "Free and allocated GPUs per site and model; on lab servers, who holds each."),
     "failover": ("gpuhub.cli.broker_opts:failover", "Move a --failover-after job that is due; say where it stands."),
     "status": ("gpuhub.cli.jobs:status", "Ask the sites for the state of jobs."),
     "jobs": ("gpuhub.cli.jobs:jobs", "List recorded jobs (no site contacted)."),

@@ -1,4 +1,8 @@
-"""``gpuhub gpus``: free and allocated GPUs per site and model, right now, from the sites' probes."""
+"""``gpuhub gpus``: free and allocated GPUs per site and model, right now, from the sites' probes.
+
+Lab servers (GPUs reserved by gpuhub's own locks) also get one row per GPU: free, held by a
+gpuhub job (user, job, since when), foreign (used outside gpuhub), reserved or unavailable.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 import click
 
-from gpuhub.cli.output import emit_json, table
+from gpuhub.cli.output import complete_site, emit_json, table
 from gpuhub.cli.params import BoundedFloat
 
 
@@ -35,36 +39,49 @@ def gpu_rows(site_name: str, reading: Any, site: Any) -> list[dict[str, Any]]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--sites", "sites", metavar="A,B,...", help="Only these sites (default: every configured site).")
+@click.option("--site", "-s", "site", multiple=True, metavar="SITE", shell_complete=complete_site,
+              help="Only this site (repeatable); lab servers show each GPU and who holds it.")
 @click.option("--refresh", is_flag=True, help="Probe again even if a recent reading is cached.")
 @click.option("--probe-timeout", type=BoundedFloat(0.1, 600), help="Longest wait for one site, in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def gpus(sites: str | None, refresh: bool, probe_timeout: float | None, as_json: bool) -> None:
+def gpus(sites: str | None, site: tuple[str, ...], refresh: bool, probe_timeout: float | None,
+         as_json: bool) -> None:
     """Free and allocated GPUs per site and GPU model, across all sites, right now.
 
     Each site is probed once (in parallel, each within its timeout; the reading is shared with
     `gpuhub plan` for a few seconds); a site that does not answer is listed with its reason.
+    On lab servers every GPU is listed too: free, held (by whom, which job, for how long), used
+    outside gpuhub, reserved; and the jobs waiting for GPUs.
 
     \b
     Examples:
       gpuhub gpus
       gpuhub gpus --sites jean-zay,ruche --refresh
+      gpuhub gpus --site my-lab-server
       gpuhub gpus --json | jq '.gpus[] | select(.free > 0)'
     """
     from gpuhub.broker.api import candidate_sites, live_cache
     from gpuhub.broker.config import load_config
     from gpuhub.broker.state import Prober
+    from gpuhub.cli import lab_gpus
 
     config = load_config()
-    names = [s.strip() for s in sites.split(",") if s.strip()] if sites else None
+    names = list(dict.fromkeys([*(s.strip() for s in (sites or "").split(",") if s.strip()), *site])) or None
     site_objs, broken = candidate_sites(names, config)
     timeout = probe_timeout or config.probe_timeout
     prober = Prober(live_cache(config), timeout, estimator=None)
     readings: dict[str, Any] = {}
     errors: dict[str, str] = dict(broken)
+    lab: dict[str, dict[str, Any]] = {}
+    job_of = lab_gpus.job_namer()
 
     def probe(site: Any) -> None:
         try:
-            readings[site.name] = prober.reading(site, refresh)
+            if lab_gpus.is_lab(site):  # each GPU and its holder: a probe of its own, never cached
+                lab[site.name] = lab_gpus.probe(site, timeout, job_of)
+                readings[site.name] = (lab[site.name]["reading"],)
+            else:
+                readings[site.name] = prober.reading(site, refresh)
         except Exception as exc:
             errors[site.name] = " ".join((getattr(exc, "message", None) or str(exc) or type(exc).__name__).split())
 
@@ -80,11 +97,19 @@ def gpus(sites: str | None, refresh: bool, probe_timeout: float | None, as_json:
             rows += gpu_rows(site.name, readings[site.name][0], site)
         else:
             errors.setdefault(site.name, f"no answer within {timeout:g} s")
+    unreachable = [{"site": s, "reason": r} for s, r in errors.items()]
+    unreachable += [{"site": f"{u['site']}/{u['host']}", "reason": u["reason"]} for g in lab.values()
+                    for u in g["unreachable"]]
+    lab_rows = [r for g in lab.values() for r in g["gpus"]]
+    lab_queue = [r for g in lab.values() for r in g["queue"]]
     if as_json:
-        emit_json({"gpus": rows, "unreachable": [{"site": s, "reason": r} for s, r in errors.items()]})
+        emit_json({"gpus": rows, "lab_gpus": lab_rows, "lab_queue": lab_queue, "unreachable": unreachable})
         return
     if rows:
         keys = ["site", "model", "total", "allocated", "free", "unavailable", "queued"]
         click.echo(table(keys, [[r[k] for k in keys] for r in rows]))
-    for site_name, reason in errors.items():
-        click.echo(f"{site_name}: {reason}", err=True)
+    if lab_rows or lab_queue:
+        click.echo()
+        lab_gpus.print_tables(lab_rows, lab_queue, {name: g["now"] for name, g in lab.items()})
+    for item in unreachable:
+        click.echo(f"{item['site']}: {item['reason']}", err=True)

@@ -51,7 +51,28 @@ OPTION_OF = {
     "name": "--name",
     "launcher": "--launcher",
     "requeue": "--requeue",
+    "wait_for_gpus": "--wait-for-gpus",
 }
+
+
+WAIT_FOREVER = "forever"
+
+
+def _wait_for_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """``--wait-for-gpus`` alone: as long as it takes (0); with a TIMEOUT: that many seconds."""
+    if value is None:
+        return None
+    if value == WAIT_FOREVER:
+        return 0
+    from gpuhub.units import parse_walltime
+
+    try:
+        seconds = parse_walltime(value)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    if seconds > 30 * 86400:
+        raise click.BadParameter(f"{value!r} is over the 30-day limit", ctx=ctx, param=param)
+    return seconds
 
 
 def _env_pair(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -96,6 +117,10 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="How to start ranks: torchrun (one per node), srun (one task per GPU), none."),
         click.option("--requeue", is_flag=True, default=None,
                      help="Slurm: signal USR2 before the time limit so the job checkpoints, then requeue it."),
+        click.option("--wait-for-gpus", "wait_for_gpus", is_flag=False, flag_value=WAIT_FOREVER, default=None,
+                     metavar="[TIMEOUT]", callback=_wait_for_gpus,
+                     help="Lab servers: when no GPUs are free, wait in the host's queue (up to TIMEOUT: 30m, "
+                          "2h...) instead of failing."),
         click.option("--directive", "directives", multiple=True,
                      help="Extra scheduler option, e.g. --directive=--mail-type=END (repeatable)."),
         click.option("--script", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -369,6 +394,8 @@ def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts:
         click.echo(f"submitted job {rec.id} ({rec.ref}) to {rec.site}")
         if not wait:
             note(f"gpuhub: follow it with `gpuhub status {rec.id}` and `gpuhub logs {rec.id} -f`")
+    for line in job.notes:
+        note(f"gpuhub: {line}")
     if wait:
         state = job.wait()
         rec = job.record

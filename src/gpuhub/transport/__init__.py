@@ -14,9 +14,10 @@ __all__ = ["CommandError", "CommandTimeout", "Result", "Transport", "transport_f
 _CACHE: dict[str, Transport] = {}
 
 
-def transport_for(site) -> Transport:  # type: ignore[no-untyped-def]
-    """One transport per site per process, reused for every command and file transfer."""
-    key = site.name
+def transport_for(site, host=None) -> Transport:  # type: ignore[no-untyped-def]
+    """One transport per site (per host of a lab-server pool, ``host`` being a ``LabHost``) per
+    process, reused for every command and file transfer."""
+    key = site.name if host is None else f"{site.name}/{host.name}"
     cached = _CACHE.get(key)
     if cached is not None and cached.alive():
         return cached
@@ -27,7 +28,10 @@ def transport_for(site) -> Transport:  # type: ignore[no-untyped-def]
     else:
         from gpuhub.transport.ssh import SSHTransport
 
-        transport = SSHTransport(site.name, site.connection)
+        connection = site.connection
+        if host is not None:
+            connection = connection.model_copy(update={"host": host.address, "port": host.port or connection.port})
+        transport = SSHTransport(site.name, connection)
     _CACHE[key] = transport
     return transport
 

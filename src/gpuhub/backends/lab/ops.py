@@ -66,7 +66,7 @@ def wrapper_args(alloc: Allocation, lab: Lab, host: LabHost, token: str, wait: i
         str(lab.busy_utilization),
         str(lab.max_gpus_per_user or 0),
         str(wait),
-        str(alloc.walltime or 0),
+        str(alloc.time_limit or 0),  # none: the job runs until it ends
         str(lab.kill_grace),
         f"{lab.queue_poll:g}",
     ]

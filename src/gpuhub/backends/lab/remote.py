@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import shlex
 
-from gpuhub.backends.shell import _ROOT, _ST, POLL
+from gpuhub.backends.shell_scripts import _ROOT, _ST, POLL
 
 GPU_FIELDS = "index,uuid,name,memory.used,memory.total,utilization.gpu"
 APP_FIELDS = "gpu_uuid,pid,used_gpu_memory"

@@ -1,0 +1,272 @@
+"""The ``ssh`` backend: lab GPU servers, one host or a pool, GPUs reserved by locks on each host.
+
+A job id is the submission token on a single server, ``TOKEN@HOST`` on a pool (HOST: a name of
+``lab.hosts``). Operations on many jobs take one command per host, hosts in parallel.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
+
+from gpuhub.backends.base import Capabilities, SiteProblem
+from gpuhub.backends.lab import ops
+from gpuhub.backends.lab.discovery import Probe
+from gpuhub.backends.lab.placement import choose, verdict
+from gpuhub.backends.shell import SSHBackend, jobs_root
+from gpuhub.backends.shell_scripts import STARTED
+from gpuhub.errors import GpuhubError, NoFreeGpus
+from gpuhub.site import LabHost, Site
+
+if TYPE_CHECKING:
+    from gpuhub.exporter.readings import SiteReading
+    from gpuhub.render import RenderedJob
+    from gpuhub.states import JobStatus
+    from gpuhub.transport.base import Transport
+
+T = TypeVar("T")
+
+
+def pool(site: Site) -> list[LabHost]:
+    """The site's hosts: ``lab.hosts``, or the one of ``connection.host``."""
+    assert site.connection is not None
+    return list(site.lab.hosts) or [LabHost(name=site.connection.host)]
+
+
+def host_named(site: Site, name: str | None) -> LabHost:
+    """The host of a job id's ``@HOST`` (None: the site's ``connection.host``)."""
+    assert site.connection is not None
+    wanted = name or site.connection.host
+    for host in pool(site):
+        if host.name == wanted:
+            return host
+    raise GpuhubError(f"site {site.name!r} has no host {wanted!r} in lab.hosts (removed from the pool?)")
+
+
+def split_id(job_id: str) -> tuple[str, str | None]:
+    token, _, host = job_id.partition("@")
+    return token, host or None
+
+
+def host_transport(site: Site, host: LabHost) -> Transport:
+    from gpuhub.transport import transport_for
+
+    return transport_for(site, host if site.lab.hosts else None)
+
+
+def on_hosts(hosts: list[LabHost], work: Callable[[LabHost], T]) -> dict[str, T | BaseException]:
+    """``work`` on every host at once; each host's result or exception, by host name."""
+
+    def guarded(host: LabHost) -> T | BaseException:
+        try:
+            return work(host)
+        except Exception as exc:  # reported per host by the caller
+            return exc
+
+    if len(hosts) == 1:
+        return {hosts[0].name: guarded(hosts[0])}
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool_:
+        return dict(zip([h.name for h in hosts], pool_.map(guarded, hosts), strict=True))
+
+
+class LabBackend(SSHBackend):
+    """Lab GPU servers: :class:`SSHBackend` jobs that reserve their GPUs before they run."""
+
+    capabilities = Capabilities(connection="required", gpu_locks=True, time_limit="gpuhub")
+
+    def __init__(self) -> None:
+        self._notes: dict[str, list[str]] = {}  # token -> where the job went and why
+
+    def check_site(self, site: Site) -> list[SiteProblem]:
+        problems = super().check_site(site)
+        names = [h.name for h in site.lab.hosts]
+        if names and site.connection and site.connection.host not in names:
+            problems.append(SiteProblem(("connection", "host"), (
+                f"{site.connection.host!r} must be one of lab.hosts ({', '.join(names)}): the pool host "
+                "commands of no particular job go to")))
+        return problems
+
+    @staticmethod
+    def _site(transport: Transport) -> Site:
+        """The site a transport belongs to (the interface hands operations a transport only)."""
+        from gpuhub.registry import load_site
+
+        name = getattr(transport, "site_name", None)
+        if name is None:
+            raise GpuhubError("a lab-server site is reached over SSH; this transport is not")
+        return load_site(name)
+
+    def submit_notes(self, token: str) -> list[str]:
+        return self._notes.pop(token, [])
+
+    # --- submit -----------------------------------------------------------------------------
+
+    def submit(self, transport: Transport, job: RenderedJob, token: str, timeout: float = 60.0) -> str:
+        alloc = job.allocation
+        site = alloc.site
+        wait = alloc.request.wait_for_gpus
+        wait_arg = ops.NO_WAIT if wait is None else wait
+        host, why = self._place(site, alloc.gpus, wait is not None, _user(site, transport), timeout)
+        t = host_transport(site, host)
+        launch = ops.launch(t, job, token, ops.wrapper_args(alloc, site.lab, host, token, wait_arg), host.name, timeout)
+        notes = [why] if why else []
+        if launch.kind == "refused":
+            raise NoFreeGpus(ops.refusal(host.name, launch, ops.thresholds(site.lab), wait is None))
+        if launch.kind == "queued":
+            notes.append(f"queued on {host.name}: {launch.reason}")
+        elif launch.kind == "started" and launch.gpus:
+            notes.append(f"GPUs {','.join(map(str, launch.gpus))} of {host.name} reserved (CUDA_VISIBLE_DEVICES)")
+        self._notes[token] = notes
+        return f"{token}@{host.name}" if site.lab.hosts else token
+
+    def _place(self, site: Site, need: int, wait: bool, user: str, timeout: float) -> tuple[LabHost, str]:
+        hosts = pool(site)
+        if len(hosts) == 1:
+            return hosts[0], ""
+        if need == 0:
+            return host_named(site, None), ""
+        probes = self.probe_all(site, hosts, timeout)
+        seen = [p for p in probes.values() if isinstance(p, Probe)]
+        if not seen:
+            raise GpuhubError(f"no host of {site.name} answered: " + "; ".join(f"{h}: {e}" for h, e in probes.items()))
+        limits = ops.thresholds(site.lab)
+        pick = choose(seen, limits, need, user, wait)
+        down = [f"{h} did not answer ({e})" for h, e in probes.items() if not isinstance(e, Probe)]
+        if not pick.host:
+            lines = [f"no host of {site.name} can run {need} GPU(s) now:"]
+            for probe in seen:
+                lines.append(f"  {probe.host}: {verdict(probe, limits, need, user).reason}")
+                lines += [f"    {line}" for line in ops.holder_lines(probe, limits)]
+            lines += [f"  {d}" for d in down]
+            if not wait and pick.verdict.kind != "never":
+                lines.append("  wait in a host's queue with --wait-for-gpus [TIMEOUT]")
+            raise NoFreeGpus("\n".join(lines))
+        return host_named(site, pick.host), "; ".join([pick.reason, *down])
+
+    def probe_all(self, site: Site, hosts: list[LabHost], timeout: float = 30.0) -> dict[str, Probe | BaseException]:
+        return on_hosts(hosts, lambda h: ops.probe(host_transport(site, h), site.lab, h, timeout))
+
+    def probe_pool(self, site: Site, timeout: float = 30.0) -> tuple[list[Probe], dict[str, str]]:
+        """Every host's probe, in parallel; the hosts that failed, with why."""
+        probes, errors = [], {}
+        for name, got in self.probe_all(site, pool(site), timeout).items():
+            if isinstance(got, Probe):
+                probes.append(got)
+            else:
+                errors[name] = " ".join((getattr(got, "message", None) or str(got) or type(got).__name__).split())
+        return probes, errors
+
+    def find_by_tokens(self, transport: Transport, tokens: list[str], timeout: float = 60.0) -> dict[str, str]:
+        if not tokens:
+            return {}
+        site = self._site(transport)
+
+        def started(host: LabHost) -> set[str]:
+            result = host_transport(site, host).run(
+                ["bash", "-c", STARTED, "gpuhub-find", jobs_root()], stdin="\n".join(tokens) + "\n", timeout=timeout
+            )
+            return set(result.stdout.split())
+
+        found: dict[str, str] = {}
+        for name, got in on_hosts(pool(site), started).items():
+            if isinstance(got, BaseException):
+                raise got
+            for token in got & set(tokens):
+                found[token] = f"{token}@{name}" if site.lab.hosts else token
+        return found
+
+    # --- follow -----------------------------------------------------------------------------
+
+    def _by_host(self, site: Site, ids: list[str]) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = defaultdict(list)
+        for job_id in ids:
+            groups[host_named(site, split_id(job_id)[1]).name].append(job_id)
+        return groups
+
+    def poll(
+        self, transport: Transport, ids: list[str], timeout: float = 60.0, tasks: dict[str, int] | None = None
+    ) -> dict[str, JobStatus]:
+        if not ids:
+            return {}
+        site = self._site(transport)
+        groups = self._by_host(site, ids)
+
+        def one(host: LabHost) -> dict[str, JobStatus]:
+            tokens = [split_id(i)[0] for i in groups[host.name]]
+            return ops.status(host_transport(site, host), tokens, host.name, timeout)
+
+        out: dict[str, JobStatus] = {}
+        for name, got in on_hosts([host_named(site, n) for n in groups], one).items():
+            if isinstance(got, BaseException):
+                raise got
+            for job_id in groups[name]:
+                if split_id(job_id)[0] in got:
+                    out[job_id] = got[split_id(job_id)[0]]
+        return out
+
+    def cancel(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
+        if not ids:
+            return
+        site = self._site(transport)
+        groups = self._by_host(site, ids)
+        results = on_hosts(
+            [host_named(site, n) for n in groups],
+            lambda h: ops.cancel(host_transport(site, h), [split_id(i)[0] for i in groups[h.name]], timeout),
+        )
+        for got in results.values():
+            if isinstance(got, BaseException):
+                raise got
+
+    def abandon(self, transport: Transport, tokens: list[str], timeout: float = 60.0) -> None:
+        site = self._site(transport)
+        on_hosts(pool(site), lambda h: ops.cancel(host_transport(site, h), tokens, timeout))
+
+    def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
+        return super().log_paths(split_id(scheduler_id)[0], job_name, log_dir, task)
+
+    def job_transport(self, site: Site, scheduler_id: str) -> Transport:
+        return host_transport(site, host_named(site, split_id(scheduler_id)[1]))
+
+    # --- live GPUs --------------------------------------------------------------------------
+
+    def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:
+        import time
+
+        from gpuhub.exporter.readings import NodeGpus, SiteReading, model_from_device_name
+
+        limits = ops.thresholds(site.lab)
+        probes = self.probe_all(site, pool(site), max(0.5, deadline - time.monotonic()))
+        nodes = []
+        for name, probe in probes.items():
+            if not isinstance(probe, Probe):
+                if len(probes) == 1:
+                    raise probe
+                nodes.append(NodeGpus(name, False, {}, {}))
+                continue
+            total: dict[str, int] = defaultdict(int)
+            used: dict[str, int] = defaultdict(int)
+            down: dict[str, int] = defaultdict(int)
+            for s in probe.classify(limits):
+                model = model_from_device_name(s.gpu.name)
+                if s.state == "unavailable":
+                    down[model] += 1
+                    continue
+                total[model] += 1
+                if s.state in ("held", "foreign", "reserved"):
+                    used[model] += 1
+            nodes.append(NodeGpus(name, True, dict(total), dict(used)))
+            if down:
+                nodes.append(NodeGpus(name, False, dict(down), {}))
+        return SiteReading(nodes=nodes)
+
+
+def _user(site: Site, transport: Transport) -> str:
+    """The login name on the hosts (the per-user GPU limit counts it)."""
+    endpoint = getattr(transport, "endpoint", None)
+    if endpoint is not None and getattr(endpoint, "user", None):
+        return str(endpoint.user)
+    assert site.connection is not None
+    return site.connection.user or getpass.getuser()

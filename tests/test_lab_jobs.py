@@ -1,0 +1,131 @@
+"""Lab-server jobs through the gpuhub command, for real: a pool of fake hosts on the loopback
+sshd (all 127.0.0.1, each with its own GPUs and lock directory), the ledger, status, cancel,
+usage and `gpuhub gpus`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labbed import lab_env, make_host, remove_host, site_yaml
+
+pytestmark = pytest.mark.ssh
+
+
+@pytest.fixture
+def env(testbed):
+    return lab_env(testbed)
+
+
+@pytest.fixture
+def pool(env, tmp_path, monkeypatch):
+    hosts = [make_host(env, f"gpu{i}", gpus=4) for i in range(1, 4)]
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    (sites / "labpool.yaml").write_text(site_yaml(env, "labpool", hosts))
+    monkeypatch.setenv("GPUHUB_SITES", str(sites))
+    yield hosts
+    subprocess.run([sys.executable, "-m", "gpuhub", "cancel", *all_ids()], capture_output=True, timeout=120)
+    for host in hosts:
+        remove_host(host)
+
+
+def gpuhub(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "gpuhub", *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"gpuhub {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def all_ids() -> list[str]:
+    rows = json.loads(gpuhub("jobs", "--json", "-n", "0").stdout)
+    return [str(r["id"]) for r in rows if r["state"] not in ("completed", "failed", "cancelled", "timeout")]
+
+
+def submit(*args: str) -> tuple[dict, str]:
+    result = gpuhub("submit", "--site", "labpool", "--json", *args)
+    return json.loads(result.stdout), result.stderr
+
+
+def status(job_id: int) -> dict:
+    return json.loads(gpuhub("status", str(job_id), "--json").stdout)[0]
+
+
+def wait_state(job_id: int, states: set[str], timeout: float = 40) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = status(job_id)
+        if row["state"] in states:
+            return row
+        assert time.monotonic() < deadline, row
+        time.sleep(0.3)
+
+
+def gpu_table() -> list[dict]:
+    return json.loads(gpuhub("gpus", "--site", "labpool", "--json").stdout)["gpus"]
+
+
+def test_pool_placement_least_loaded_first(pool):
+    gpu1, gpu2, gpu3 = pool
+    gpu1.set_gpus(4, busy={0: 9000, 1: 9000, 2: 9000})  # 1 free
+    gpu2.set_gpus(4, busy={0: 9000})  # 3 free
+    gpu3.set_gpus(4, busy={0: 9000, 1: 9000})  # 2 free
+    job, note = submit("--gpus", "2", "--", "sleep", "30")
+    assert job["scheduler_id"].endswith("@gpu2")
+    assert "host gpu2: 3 of 4 GPU(s) free, least loaded of 3 hosts" in note
+    second, note = submit("--gpus", "2", "--", "sleep", "30")  # gpu2 now 1 free, gpu3 2 free
+    assert second["scheduler_id"].endswith("@gpu3"), note
+    third = gpuhub("submit", "--site", "labpool", "--gpus", "3", "--", "true", check=False)
+    assert third.returncode == 1 and "no host of labpool can run 3 GPU(s) now" in third.stderr
+    assert "--wait-for-gpus" in third.stderr and "Traceback" not in third.stderr
+    rows = {(r["host"], r["gpu"]): r for r in gpu_table()}
+    held = {k for k, r in rows.items() if r["state"] == "held"}
+    assert held == {("gpu2", 1), ("gpu2", 2), ("gpu3", 2), ("gpu3", 3)}
+    assert rows[("gpu2", 1)]["job"] == str(job["id"]) and rows[("gpu2", 1)]["user"] == "hubuser"
+    assert rows[("gpu1", 0)]["state"] == "foreign"
+    text = gpuhub("gpus", "--site", "labpool").stdout
+    assert "gpu2" in text and "held" in text and "hubuser" in text
+
+
+def test_cuda_visible_devices_and_torchrun(pool):
+    job, _ = submit("--gpus", "2", "--", "bash", "-c", 'echo "$CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER"')
+    wait_state(job["id"], {"completed"})
+    assert gpuhub("logs", str(job["id"])).stdout.strip() == "0,1 PCI_BUS_ID"
+    assert {r["state"] for r in gpu_table()} == {"free"}  # released at the end
+    rendered = gpuhub("render", "--site", "labpool", "--gpus", "2", "--launcher", "torchrun", "--", "train.py").stdout
+    assert "torchrun --standalone --nproc-per-node=2 train.py" in rendered
+
+
+def test_queued_job_is_pending_with_reason_then_runs(pool):
+    for host in pool[1:]:
+        host.set_gpus(4, busy={0: 9000, 1: 9000, 2: 9000, 3: 9000})
+    first, _ = submit("--gpus", "4", "--", "sleep", "3")
+    queued, note = submit("--gpus", "1", "--wait-for-gpus", "--", "true")
+    assert "queued on gpu1" in note
+    row = status(queued["id"])
+    assert row["state"] == "pending" and "waiting for GPUs on gpu1" in row["reason"]
+    done = wait_state(queued["id"], {"completed", "failed"})
+    assert done["state"] == "completed"
+    assert wait_state(first["id"], {"completed"})["ended_at"] <= done["started_at"] + 1
+
+
+def test_cancel_frees_the_gpus(pool):
+    job, _ = submit("--gpus", "3", "--", "sleep", "300")
+    assert sum(r["state"] == "held" for r in gpu_table()) == 3
+    assert "cancelled" in gpuhub("cancel", str(job["id"])).stdout
+    assert sum(r["state"] == "held" for r in gpu_table()) == 0
+
+
+def test_usage_records_gpu_seconds(pool):
+    job, _ = submit("--gpus", "2", "--", "sleep", "3")
+    row = wait_state(job["id"], {"completed"})
+    seconds = row["ended_at"] - row["started_at"]
+    assert 3 <= seconds <= 5  # from the moment the GPUs were taken to the end
+    gpuhub("usage", "collect", "--site", "labpool")
+    report = json.loads(gpuhub("usage", "report", "--by", "site", "--site", "labpool", "--format", "json").stdout)
+    assert report["total"]["jobs"] == 1
+    assert report["total"]["gpu_hours"] * 3600 == pytest.approx(2 * seconds, abs=0.1)
