@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,8 +31,22 @@ def pool(env, tmp_path, monkeypatch):
     monkeypatch.setenv("GPUHUB_SITES", str(sites))
     yield hosts
     subprocess.run([sys.executable, "-m", "gpuhub", "cancel", *all_ids()], capture_output=True, timeout=120)
+    remove_job_dirs()
     for host in hosts:
         remove_host(host)
+
+
+def remove_job_dirs() -> None:
+    from gpuhub.backends.lab.backend import dir_id
+    from gpuhub.registry import load_site
+    from gpuhub.transport import transport_for
+
+    rows = json.loads(gpuhub("jobs", "--json", "-n", "0").stdout)
+    dirs = [dir_id(r["scheduler_id"]) for r in rows if r["scheduler_id"]]
+    if dirs:
+        site = load_site("labpool")
+        script = 'cd "$HOME/.gpuhub/jobs" && rm -rf -- "$@"'
+        transport_for(site, site.lab.hosts[0]).run(["bash", "-c", script, "cleanup", *dirs], check=False)
 
 
 def gpuhub(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -129,3 +144,55 @@ def test_usage_records_gpu_seconds(pool):
     report = json.loads(gpuhub("usage", "report", "--by", "site", "--site", "labpool", "--format", "json").stdout)
     assert report["total"]["jobs"] == 1
     assert report["total"]["gpu_hours"] * 3600 == pytest.approx(2 * seconds, abs=0.1)
+
+
+def test_exporter_counts_gpus_per_host(pool):
+    from gpuhub.backends import backend_for
+    from gpuhub.exporter.samples import GpuModels, site_samples
+    from gpuhub.registry import load_site
+    from gpuhub.transport import transport_for
+
+    pool[0].set_gpus(4, busy={3: 9000})
+    job, _ = submit("--gpus", "2", "--", "sleep", "30")
+    assert job["scheduler_id"].endswith("@gpu2")  # gpu2 and gpu3 tie: the first listed
+    site = load_site("labpool")
+    reading = backend_for("ssh").read_gpus(site, transport_for(site), time.monotonic() + 30)
+    samples = site_samples("labpool", reading, GpuModels(site))
+    allocated, idle = samples["gpuhub_host_gpus_allocated"], samples["gpuhub_host_gpus_idle"]
+    assert {k[1]: v for k, v in allocated.items()} == {"gpu1": 1, "gpu2": 2, "gpu3": 0}
+    assert {k[1]: v for k, v in idle.items()} == {"gpu1": 3, "gpu2": 2, "gpu3": 4}
+    assert samples["gpuhub_gpus_allocated"] == {("labpool", "a40"): 3}
+
+
+def test_torchrun_gets_the_reserved_gpus(env, pool, tmp_path, monkeypatch):
+    python = _job_python()
+    sites = tmp_path / "sites"
+    (sites / "labpool.yaml").write_text(
+        site_yaml(env, "labpool", pool) + f"setup:\n  - export PATH={Path(python).parent}:$PATH\n"
+    )
+    script = 'echo "$LOCAL_RANK $WORLD_SIZE $CUDA_VISIBLE_DEVICES"'
+    job, _ = submit("--gpus", "2", "--launcher", "torchrun", "--", "bash", "-c", script)
+    assert wait_state(job["id"], {"completed", "failed"}, timeout=120)["state"] == "completed"
+    lines = sorted(gpuhub("logs", str(job["id"])).stdout.split("\n"))
+    assert [line for line in lines if line] == ["0 2 0,1", "1 2 0,1"]
+
+
+def _job_python() -> str:
+    env_file = Path("/var/lib/gpuhub-testbed/job-python.env")
+    python = env_file.read_text().partition("=")[2].strip() if env_file.is_file() else ""
+    if not python or not (Path(python).parent / "torchrun").exists():
+        pytest.skip("no PyTorch for testbed jobs: run scripts/testbed/job-python.sh")
+    return python
+
+
+def test_a_stale_view_of_the_pool_costs_a_retry_not_a_refusal(pool):
+    import gpuhub
+
+    request = gpuhub.JobRequest(command=["sleep", "30"], gpus=2, name="view")
+    first = gpuhub.submit(request, site="labpool")  # probes the pool, then keeps that view
+    assert first.scheduler_id.endswith("@gpu1") and "least loaded of 3 hosts" in first.notes[0]
+    other, _ = submit("--gpus", "4", "--", "sleep", "30")  # another process fills gpu2
+    assert other["scheduler_id"].endswith("@gpu2")
+    second = gpuhub.submit(request, site="labpool")  # the kept view still thinks gpu2 is empty
+    assert second.scheduler_id.endswith("@gpu3"), second.notes
+    assert status(second.id)["state"] == "running"

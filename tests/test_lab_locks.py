@@ -243,8 +243,9 @@ def test_queue_timeout_gives_up(lab, host):
     lab.submit("hubuser", gpus=4, command=["sleep", "30"])
     token, launch = lab.submit("hubuser2", gpus=1, wait=1, command=["true"])
     assert launch.kind == "queued"
+    assert lab.status("hubuser2", token).start is None  # waiting is not GPU time
     st = lab.wait_state("hubuser2", token, {State.FAILED}, timeout=15)
-    assert "no GPUs within the 1 s wait" in (st.reason or "")
+    assert "no GPUs within the 1 s wait" in (st.reason or "") and st.start is None
 
 
 def test_policy_per_user_limit_and_reserved_gpus(env, host, tmp_path, monkeypatch):
@@ -266,3 +267,19 @@ def test_no_nvidia_smi_is_a_clear_error(lab, host):
     assert launch.kind == "refused" and "no nvidia-smi on this host" in launch.reason
     with pytest.raises(Exception, match="no nvidia-smi on gpu1"):
         lab.probe()
+
+
+def test_planted_entries_do_not_confuse_or_hang_the_host(lab, host):
+    # another user's junk in the shared directory: odd names, a FIFO, a symlink, an endless line
+    locks = Path(host.lock_dir)
+    lab.submit("hubuser2", gpus=1, command=["true"])  # creates the directory
+    planted = ["a|b.c", "x\ny.z"]
+    script = (
+        'cd "$1" && for n in "$2" "$3"; do echo "1 1 1 1" > "$n"; done && mkfifo fifo.tok && '
+        "ln -s /dev/zero zero.tok && head -c 5000000 /dev/zero | tr '\\0' 1 > big.tok"
+    )
+    lab.users["hubuser2"].run(["bash", "-c", script, "plant", str(locks), *planted])
+    t0 = time.monotonic()
+    token, launch = lab.submit("hubuser", gpus=2, command=["sleep", "30"])
+    assert launch.kind == "started" and launch.gpus == (0, 1) and time.monotonic() - t0 < 10
+    assert {e.token for e in lab.probe().locks if e.alive} == {token}

@@ -319,8 +319,8 @@ class Lab(Strict):
     """GPU sharing on servers without a scheduler (``ssh`` sites): locks, queue, policy, pool."""
 
     hosts: list[LabHost] = Field(
-        default_factory=list, description="the pool (names or {name, host, port, lock_dir, nvidia_smi}); "
-        "empty: connection.host alone")
+        default_factory=list, max_length=256,
+        description="the pool (names or {name, host, port, lock_dir, nvidia_smi}); empty: connection.host alone")
     lock_dir: HostPath = Field(
         "/var/tmp/gpuhub-locks", description="shared lock directory on each host (created 1777, sticky)")
     nvidia_smi: str = Field("nvidia-smi", description="nvidia-smi command or absolute path on the hosts")

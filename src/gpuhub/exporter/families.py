@@ -89,6 +89,17 @@ FAMILIES: tuple[Family, ...] = (
         "GPUs on down or drained nodes of a Slurm partition.",
         ("site", "partition", "gpu_model"),
     ),
+    # --- capacity by host: lab servers only (a pool's few hosts, named in the site file) ----------
+    *(
+        Family(f"gpuhub_host_gpus{suffix}", _G, f"GPUs of a lab server{what}, by host and GPU model.",
+               ("site", "host", "gpu_model"))
+        for suffix, what in (
+            ("", ""),
+            ("_allocated", " held by gpuhub jobs, used outside gpuhub or reserved by the site"),
+            ("_idle", " free for a new job"),
+            ("_unavailable", " that nvidia-smi cannot read"),
+        )
+    ),
     # --- queue ----------------------------------------------------------------------------------
     Family(
         "gpuhub_jobs",

@@ -26,6 +26,7 @@ class NodeGpus:
     used: dict[str, int]  # GPU type -> GPUs allocated to jobs
     partitions: tuple[str, ...] = ()
     features: frozenset[str] = frozenset()
+    per_host: bool = False  # also exported by host (lab servers: a few named machines)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,8 @@ def capacity(site: str, nodes: list[NodeGpus], models: GpuModels, default: str |
                 _add(out, "gpuhub_gpus" + suffix, (site, model), value)
                 for partition in node.partitions:
                     _add(out, "gpuhub_partition_gpus" + suffix, (site, partition, model), value)
+                if node.per_host:
+                    _add(out, "gpuhub_host_gpus" + suffix, (site, node.name, model), value)
 
 
 def queue(

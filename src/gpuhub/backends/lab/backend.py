@@ -7,6 +7,7 @@ A job id is the submission token on a single server, ``TOKEN@HOST`` on a pool (H
 from __future__ import annotations
 
 import getpass
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from gpuhub.backends.base import Capabilities, SiteProblem
 from gpuhub.backends.lab import ops
-from gpuhub.backends.lab.discovery import Probe
+from gpuhub.backends.lab.discovery import Entry, Probe
+from gpuhub.backends.lab.ops import Launch
 from gpuhub.backends.lab.placement import choose, verdict
 from gpuhub.backends.shell import SSHBackend, jobs_root
 from gpuhub.backends.shell_scripts import STARTED
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from gpuhub.transport.base import Transport
 
 T = TypeVar("T")
+VIEW_TTL = 10.0  # seconds a pool probe may still choose hosts for the next submissions
 
 
 def pool(site: Site) -> list[LabHost]:
@@ -49,6 +52,13 @@ def host_named(site: Site, name: str | None) -> LabHost:
 def split_id(job_id: str) -> tuple[str, str | None]:
     token, _, host = job_id.partition("@")
     return token, host or None
+
+
+def dir_id(job_id: str) -> str:
+    """The job directory (and lock suffix) of a job id: ``TOKEN``, or ``TOKEN.HOST`` on a pool, so
+    that pool hosts sharing a home directory (NFS) never share a job directory."""
+    token, host = split_id(job_id)
+    return f"{token}.{host}" if host else token
 
 
 def host_transport(site: Site, host: LabHost) -> Transport:
@@ -79,6 +89,7 @@ class LabBackend(SSHBackend):
 
     def __init__(self) -> None:
         self._notes: dict[str, list[str]] = {}  # token -> where the job went and why
+        self._views: dict[str, tuple[float, dict[str, Probe]]] = {}  # site -> (when, probes): see _place
 
     def check_site(self, site: Site) -> list[SiteProblem]:
         problems = super().check_site(site)
@@ -108,43 +119,85 @@ class LabBackend(SSHBackend):
         alloc = job.allocation
         site = alloc.site
         wait = alloc.request.wait_for_gpus
-        wait_arg = ops.NO_WAIT if wait is None else wait
-        host, why = self._place(site, alloc.gpus, wait is not None, _user(site, transport), timeout)
-        t = host_transport(site, host)
-        launch = ops.launch(t, job, token, ops.wrapper_args(alloc, site.lab, host, token, wait_arg), host.name, timeout)
-        notes = [why] if why else []
+        user = _user(site, transport)
+        host, why, cached = self._place(site, alloc.gpus, wait is not None, user, timeout)
+        job_id, launch = self._launch(site, host, job, token, timeout)
+        if launch.kind == "refused" and cached:
+            # Placed from a recent view that proved stale: look again, and try the host chosen then.
+            self._views.pop(site.name, None)
+            other, why, _ = self._place(site, alloc.gpus, wait is not None, user, timeout)
+            if other.name != host.name:
+                host = other
+                job_id, launch = self._launch(site, host, job, token, timeout)
         if launch.kind == "refused":
+            self._views.pop(site.name, None)
             raise NoFreeGpus(ops.refusal(host.name, launch, ops.thresholds(site.lab), wait is None))
+        notes = [why] if why else []
         if launch.kind == "queued":
             notes.append(f"queued on {host.name}: {launch.reason}")
         elif launch.kind == "started" and launch.gpus:
             notes.append(f"GPUs {','.join(map(str, launch.gpus))} of {host.name} reserved (CUDA_VISIBLE_DEVICES)")
+        self._remember(site, host, dir_id(job_id), user, alloc.gpus, launch)
         self._notes[token] = notes
-        return f"{token}@{host.name}" if site.lab.hosts else token
+        return job_id
 
-    def _place(self, site: Site, need: int, wait: bool, user: str, timeout: float) -> tuple[LabHost, str]:
+    def _launch(self, site: Site, host: LabHost, job: RenderedJob, token: str, timeout: float) -> tuple[str, Launch]:
+        job_id = f"{token}@{host.name}" if site.lab.hosts else token
+        wait = job.allocation.request.wait_for_gpus
+        args = ops.wrapper_args(job.allocation, site.lab, host, dir_id(job_id), ops.NO_WAIT if wait is None else wait)
+        return job_id, ops.launch(host_transport(site, host), job, dir_id(job_id), args, host.name, timeout)
+
+    def _place(self, site: Site, need: int, wait: bool, user: str, timeout: float) -> tuple[LabHost, str, bool]:
+        """The host for a job, why, and whether the choice came from a recent view (not a fresh probe).
+
+        Submitting many jobs in a row, each probe of every host would cost more than the job's
+        own start: the probes of the last :data:`VIEW_TTL` seconds, updated with what this process
+        placed since, choose instead. The host decides in the end; a stale view only costs a retry.
+        """
         hosts = pool(site)
         if len(hosts) == 1:
-            return hosts[0], ""
+            return hosts[0], "", False
         if need == 0:
-            return host_named(site, None), ""
-        probes = self.probe_all(site, hosts, timeout)
-        seen = [p for p in probes.values() if isinstance(p, Probe)]
-        if not seen:
-            raise GpuhubError(f"no host of {site.name} answered: " + "; ".join(f"{h}: {e}" for h, e in probes.items()))
+            return host_named(site, None), "", False
+        when, probes = self._views.get(site.name, (0.0, {}))
+        cached = bool(probes) and time.monotonic() - when < VIEW_TTL
+        if not cached:
+            fresh = self.probe_all(site, hosts, timeout)
+            probes = {h: p for h, p in fresh.items() if isinstance(p, Probe)}
+            if not probes:
+                failures = "; ".join(f"{h}: {e}" for h, e in fresh.items())
+                raise GpuhubError(f"no host of {site.name} answered: {failures}")
+            self._views[site.name] = (time.monotonic(), probes)
+        seen = list(probes.values())
+        down = [f"{h.name} did not answer" for h in hosts if h.name not in probes]
         limits = ops.thresholds(site.lab)
         pick = choose(seen, limits, need, user, wait)
-        down = [f"{h} did not answer ({e})" for h, e in probes.items() if not isinstance(e, Probe)]
-        if not pick.host:
-            lines = [f"no host of {site.name} can run {need} GPU(s) now:"]
-            for probe in seen:
-                lines.append(f"  {probe.host}: {verdict(probe, limits, need, user).reason}")
-                lines += [f"    {line}" for line in ops.holder_lines(probe, limits)]
-            lines += [f"  {d}" for d in down]
-            if not wait and pick.verdict.kind != "never":
-                lines.append("  wait in a host's queue with --wait-for-gpus [TIMEOUT]")
-            raise NoFreeGpus("\n".join(lines))
-        return host_named(site, pick.host), "; ".join([pick.reason, *down])
+        if pick.host:
+            return host_named(site, pick.host), "; ".join([pick.reason, *down]), cached
+        if cached:  # never refuse on an old view
+            self._views.pop(site.name, None)
+            return self._place(site, need, wait, user, timeout)
+        lines = [f"no host of {site.name} can run {need} GPU(s) now:"]
+        for probe in seen:
+            lines.append(f"  {probe.host}: {verdict(probe, limits, need, user).reason}")
+            lines += [f"    {line}" for line in ops.holder_lines(probe, limits)]
+        lines += [f"  {d}" for d in down]
+        if not wait and pick.verdict.kind != "never":
+            lines.append("  wait in a host's queue with --wait-for-gpus [TIMEOUT]")
+        raise NoFreeGpus("\n".join(lines))
+
+    def _remember(self, site: Site, host: LabHost, job_dir: str, user: str, need: int, launch: Launch) -> None:
+        """Update the recent view with the job just placed, as the host now sees it."""
+        view = self._views.get(site.name)
+        probe = view[1].get(host.name) if view else None
+        if probe is None or not need:
+            return
+        now = int(time.time())
+        if launch.kind == "started":
+            keys = {g.index: g.key for g in probe.gpus}
+            probe.locks += [Entry(keys[i], job_dir, user, 0, now, 1, True) for i in launch.gpus if i in keys]
+        elif launch.kind == "queued":
+            probe.queue.append(Entry(str(time.time_ns()), job_dir, user, 0, now, need, True))
 
     def probe_all(self, site: Site, hosts: list[LabHost], timeout: float = 30.0) -> dict[str, Probe | BaseException]:
         return on_hosts(hosts, lambda h: ops.probe(host_transport(site, h), site.lab, h, timeout))
@@ -163,10 +216,12 @@ class LabBackend(SSHBackend):
         if not tokens:
             return {}
         site = self._site(transport)
+        ids = {h.name: {dir_id(f"{t}@{h.name}" if site.lab.hosts else t): t for t in tokens} for h in pool(site)}
 
         def started(host: LabHost) -> set[str]:
             result = host_transport(site, host).run(
-                ["bash", "-c", STARTED, "gpuhub-find", jobs_root()], stdin="\n".join(tokens) + "\n", timeout=timeout
+                ["bash", "-c", STARTED, "gpuhub-find", jobs_root()], stdin="\n".join(ids[host.name]) + "\n",
+                timeout=timeout,
             )
             return set(result.stdout.split())
 
@@ -174,7 +229,8 @@ class LabBackend(SSHBackend):
         for name, got in on_hosts(pool(site), started).items():
             if isinstance(got, BaseException):
                 raise got
-            for token in got & set(tokens):
+            for directory in got & set(ids[name]):
+                token = ids[name][directory]
                 found[token] = f"{token}@{name}" if site.lab.hosts else token
         return found
 
@@ -195,16 +251,13 @@ class LabBackend(SSHBackend):
         groups = self._by_host(site, ids)
 
         def one(host: LabHost) -> dict[str, JobStatus]:
-            tokens = [split_id(i)[0] for i in groups[host.name]]
-            return ops.status(host_transport(site, host), tokens, host.name, timeout)
+            return ops.status(host_transport(site, host), [dir_id(i) for i in groups[host.name]], host.name, timeout)
 
         out: dict[str, JobStatus] = {}
         for name, got in on_hosts([host_named(site, n) for n in groups], one).items():
             if isinstance(got, BaseException):
                 raise got
-            for job_id in groups[name]:
-                if split_id(job_id)[0] in got:
-                    out[job_id] = got[split_id(job_id)[0]]
+            out.update({i: got[dir_id(i)] for i in groups[name] if dir_id(i) in got})
         return out
 
     def cancel(self, transport: Transport, ids: list[str], timeout: float = 60.0) -> None:
@@ -214,18 +267,20 @@ class LabBackend(SSHBackend):
         groups = self._by_host(site, ids)
         results = on_hosts(
             [host_named(site, n) for n in groups],
-            lambda h: ops.cancel(host_transport(site, h), [split_id(i)[0] for i in groups[h.name]], timeout),
+            lambda h: ops.cancel(host_transport(site, h), [dir_id(i) for i in groups[h.name]], timeout),
         )
+        self._views.pop(site.name, None)
         for got in results.values():
             if isinstance(got, BaseException):
                 raise got
 
     def abandon(self, transport: Transport, tokens: list[str], timeout: float = 60.0) -> None:
         site = self._site(transport)
-        on_hosts(pool(site), lambda h: ops.cancel(host_transport(site, h), tokens, timeout))
+        on_hosts(pool(site), lambda h: ops.cancel(
+            host_transport(site, h), [dir_id(f"{t}@{h.name}" if site.lab.hosts else t) for t in tokens], timeout))
 
     def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
-        return super().log_paths(split_id(scheduler_id)[0], job_name, log_dir, task)
+        return super().log_paths(dir_id(scheduler_id), job_name, log_dir, task)
 
     def job_transport(self, site: Site, scheduler_id: str) -> Transport:
         return host_transport(site, host_named(site, split_id(scheduler_id)[1]))
@@ -233,8 +288,6 @@ class LabBackend(SSHBackend):
     # --- live GPUs --------------------------------------------------------------------------
 
     def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:
-        import time
-
         from gpuhub.exporter.readings import NodeGpus, SiteReading, model_from_device_name
 
         limits = ops.thresholds(site.lab)
@@ -257,9 +310,9 @@ class LabBackend(SSHBackend):
                 total[model] += 1
                 if s.state in ("held", "foreign", "reserved"):
                     used[model] += 1
-            nodes.append(NodeGpus(name, True, dict(total), dict(used)))
+            nodes.append(NodeGpus(name, True, dict(total), dict(used), per_host=True))
             if down:
-                nodes.append(NodeGpus(name, False, dict(down), {}))
+                nodes.append(NodeGpus(name, False, dict(down), {}, per_host=True))
         return SiteReading(nodes=nodes)
 
 

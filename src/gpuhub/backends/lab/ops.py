@@ -125,6 +125,8 @@ def parse_status(stdout: str, host: str) -> dict[str, JobStatus]:
         job_id, word, detail, taken = parts
         st = found[job_id]
         changes: dict[str, object] = {}
+        if word in ("queued", "refused", "nogpus"):
+            changes["start"] = None  # no GPU time before the GPUs are held
         if word == "gpus":
             changes["nodes"] = f"{host} GPU {detail}"
             if taken.isdigit():
@@ -176,7 +178,7 @@ def holder_lines(probe: Probe, limits: Thresholds) -> list[str]:
     for s in probe.classify(limits):
         gpu = f"GPU {s.gpu.index} ({s.gpu.name})"
         if s.state == "held" and s.holder:
-            out.append(f"{gpu}: held by {s.holder.user}, job {s.holder.token}, "
+            out.append(f"{gpu}: held by {s.holder.user}, job {s.holder.token.partition('.')[0]}, "
                        f"for {format_walltime(max(0, now - s.holder.since))}")
         elif s.state == "foreign":
             users = sorted({f"{a.user or '?'} (pid {a.pid})" for a in s.apps})
@@ -185,5 +187,6 @@ def holder_lines(probe: Probe, limits: Thresholds) -> list[str]:
         elif s.state in ("reserved", "unavailable"):
             out.append(f"{gpu}: {s.state}")
     for e in probe.waiting():
-        out.append(f"queued: job {e.token} of {e.user}, {e.need} GPU(s), for {format_walltime(max(0, now - e.since))}")
+        waited = format_walltime(max(0, now - e.since))
+        out.append(f"queued: job {e.token.partition('.')[0]} of {e.user}, {e.need} GPU(s), for {waited}")
     return out

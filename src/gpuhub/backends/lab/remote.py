@@ -35,10 +35,13 @@ _ENTRIES = r"""entries() {
   [ -e "$3" ] || return 0
   shift 2
   stat -c '%U %n' -- "$@" 2>/dev/null | while read -r owner f; do
-    [ -f "$f" ] || continue
-    name=${f##*/}; key=${name%.*}; tok=${name##*.}
+    # Other users write here: only plain files with plain names, and never more than a line.
+    [ -f "$f" ] && [ ! -L "$f" ] || continue
+    name=${f##*/}
+    case $name in *[!A-Za-z0-9._-]*) continue ;; esac
+    key=${name%%.*}; tok=${name#*.}
     p= t= e= n=
-    { read -r p t e n < "$f"; } 2>/dev/null
+    { read -r -n 200 p t e n < "$f"; } 2>/dev/null
     case $p in ''|*[!0-9]*) p=0 ;; esac
     case $e in ''|*[!0-9]*) e=0 ;; esac
     case $n in ''|*[!0-9]*) n=1 ;; esac
@@ -297,7 +300,8 @@ fi
 PROBE = _ST + _PROBE_FN + 'probe "$1" "$2" 1\n'
 
 # Extra status of the ids read on stdin ($1 = jobs root): ID|WORD|DETAIL|GPUS_EPOCH where WORD is
-# queued (DETAIL = why), refused (DETAIL = why), timedout, gpus (DETAIL = indices) or none.
+# queued (DETAIL = why), refused (DETAIL = why), timedout, gpus (DETAIL = indices), nogpus (a GPU
+# job that never got its GPUs) or none.
 EXTRA = (
     _ROOT
     + r"""while IFS= read -r id; do
@@ -307,6 +311,7 @@ EXTRA = (
   if [ -e "$d/refused" ]; then w=refused; read -r x < "$d/refused"
   elif [ -e "$d/timedout" ]; then w=timedout
   elif [ ! -e "$d/gpus" ] && [ -e "$d/queued" ] && [ ! -e "$d/exitcode" ]; then w=queued; read -r x < "$d/queued"
+  elif [ ! -e "$d/gpus" ] && [ -e "$d/lockdir" ]; then w=nogpus
   fi
   printf '%s|%s|%s|%s\n' "$id" "$w" "${x//|/ }" "$e"
 done
