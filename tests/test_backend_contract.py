@@ -51,8 +51,14 @@ def site(request, tmp_path, monkeypatch):
         request.getfixturevalue("oar_testbed")
         name = "oar-testbed"
     elif kind == "ssh":
-        (sites / "lab-testbed.yaml").write_text(_shell_site("lab-testbed", "ssh",
-                                                            connection_yaml(request.getfixturevalue("testbed"))))
+        # A lab server reserves GPUs through nvidia-smi: the testbed's fake one, on a fake host.
+        from labbed import lab_env, make_host, remove_host
+
+        testbed = request.getfixturevalue("testbed")
+        host = make_host(lab_env(testbed), "lab", gpus=2)
+        request.addfinalizer(lambda: remove_host(host))
+        lab = f"lab:\n  nvidia_smi: {host.nvidia_smi}\n  lock_dir: {host.lock_dir}\n"
+        (sites / "lab-testbed.yaml").write_text(_shell_site("lab-testbed", "ssh", connection_yaml(testbed)) + lab)
         name = "lab-testbed"
     else:
         monkeypatch.setenv("GPUHUB_LOCAL_JOBS_DIR", str(tmp_path / "jobs"))
