@@ -81,7 +81,7 @@ def wait_state(job_id: int, states: set[str], timeout: float = 40) -> dict:
 
 
 def gpu_table() -> list[dict]:
-    return json.loads(gpuhub("gpus", "--site", "labpool", "--json").stdout)["gpus"]
+    return json.loads(gpuhub("gpus", "--site", "labpool", "--json").stdout)["lab_gpus"]
 
 
 def test_pool_placement_least_loaded_first(pool):
@@ -104,6 +104,9 @@ def test_pool_placement_least_loaded_first(pool):
     assert rows[("gpu1", 0)]["state"] == "foreign"
     text = gpuhub("gpus", "--site", "labpool").stdout
     assert "gpu2" in text and "held" in text and "hubuser" in text
+    summary = json.loads(gpuhub("gpus", "--sites", "labpool", "--json").stdout)["gpus"]
+    assert summary == [{"site": "labpool", "model": "a40", "total": 12, "allocated": 10, "free": 2,
+                        "unavailable": 0, "queued": 0}]
 
 
 def test_cuda_visible_devices_and_torchrun(pool):
@@ -118,7 +121,7 @@ def test_cuda_visible_devices_and_torchrun(pool):
 def test_queued_job_is_pending_with_reason_then_runs(pool):
     for host in pool[1:]:
         host.set_gpus(4, busy={0: 9000, 1: 9000, 2: 9000, 3: 9000})
-    first, _ = submit("--gpus", "4", "--", "sleep", "3")
+    first, _ = submit("--gpus", "4", "--", "sleep", "8")
     queued, note = submit("--gpus", "1", "--wait-for-gpus", "--", "true")
     assert "queued on gpu1" in note
     row = status(queued["id"])

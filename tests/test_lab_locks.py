@@ -225,7 +225,7 @@ def test_job_outlives_the_ssh_connection(lab, host):
 
 def test_queue_is_first_in_first_out(lab, host):
     host.set_gpus(2)
-    first, a = lab.submit("hubuser", gpus=2, command=["sleep", "3"])
+    first, a = lab.submit("hubuser", gpus=2, command=["sleep", "6"])
     second, b = lab.submit("hubuser2", gpus=2, wait=ops.WAIT_FOREVER, command=["sleep", "2"])
     third, c = lab.submit("hubuser", gpus=1, wait=ops.WAIT_FOREVER, command=["sleep", "1"])
     assert (a.kind, b.kind, c.kind) == ("started", "queued", "queued")

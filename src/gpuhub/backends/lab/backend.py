@@ -288,32 +288,39 @@ class LabBackend(SSHBackend):
     # --- live GPUs --------------------------------------------------------------------------
 
     def read_gpus(self, site: Site, transport: Transport, deadline: float) -> SiteReading:
-        from gpuhub.exporter.readings import NodeGpus, SiteReading, model_from_device_name
-
-        limits = ops.thresholds(site.lab)
         probes = self.probe_all(site, pool(site), max(0.5, deadline - time.monotonic()))
-        nodes = []
-        for name, probe in probes.items():
-            if not isinstance(probe, Probe):
-                if len(probes) == 1:
-                    raise probe
-                nodes.append(NodeGpus(name, False, {}, {}))
+        failed = [p for p in probes.values() if not isinstance(p, Probe)]
+        if failed and len(failed) == len(probes):
+            raise failed[0]
+        return reading(site, probes)
+
+
+def reading(site: Site, probes: dict[str, Probe | BaseException]) -> SiteReading:
+    """The exporter's view of a pool: per host and model, GPUs held, used outside gpuhub or
+    reserved count as allocated; a host that did not answer has no usable GPU."""
+    from gpuhub.exporter.readings import NodeGpus, SiteReading, model_from_device_name
+
+    limits = ops.thresholds(site.lab)
+    nodes = []
+    for name, probe in probes.items():
+        if not isinstance(probe, Probe):
+            nodes.append(NodeGpus(name, False, {}, {}, per_host=True))
+            continue
+        total: dict[str, int] = defaultdict(int)
+        used: dict[str, int] = defaultdict(int)
+        down: dict[str, int] = defaultdict(int)
+        for s in probe.classify(limits):
+            model = model_from_device_name(s.gpu.name)
+            if s.state == "unavailable":
+                down[model] += 1
                 continue
-            total: dict[str, int] = defaultdict(int)
-            used: dict[str, int] = defaultdict(int)
-            down: dict[str, int] = defaultdict(int)
-            for s in probe.classify(limits):
-                model = model_from_device_name(s.gpu.name)
-                if s.state == "unavailable":
-                    down[model] += 1
-                    continue
-                total[model] += 1
-                if s.state in ("held", "foreign", "reserved"):
-                    used[model] += 1
-            nodes.append(NodeGpus(name, True, dict(total), dict(used), per_host=True))
-            if down:
-                nodes.append(NodeGpus(name, False, dict(down), {}, per_host=True))
-        return SiteReading(nodes=nodes)
+            total[model] += 1
+            if s.state in ("held", "foreign", "reserved"):
+                used[model] += 1
+        nodes.append(NodeGpus(name, True, dict(total), dict(used), per_host=True))
+        if down:
+            nodes.append(NodeGpus(name, False, dict(down), {}, per_host=True))
+    return SiteReading(nodes=nodes)
 
 
 def _user(site: Site, transport: Transport) -> str:
