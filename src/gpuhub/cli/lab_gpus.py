@@ -10,6 +10,13 @@ import click
 from gpuhub.cli.output import table
 
 
+def is_lab(site: Any) -> bool:
+    """Whether the site's GPUs are shared by gpuhub's own locks (a lab server)."""
+    from gpuhub.backends import backend_for
+
+    return backend_for(site.scheduler).capabilities.gpu_locks
+
+
 def job_namer() -> Callable[[str], str]:
     """A lock's job -> the gpuhub id this user knows it by, else its token."""
     from gpuhub.ledger import Ledger
