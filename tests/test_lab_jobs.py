@@ -121,7 +121,7 @@ def test_cuda_visible_devices_and_torchrun(pool):
 def test_queued_job_is_pending_with_reason_then_runs(pool):
     for host in pool[1:]:
         host.set_gpus(4, busy={0: 9000, 1: 9000, 2: 9000, 3: 9000})
-    first, _ = submit("--gpus", "4", "--", "sleep", "8")
+    first, _ = submit("--gpus", "4", "--", "sleep", "12")
     queued, note = submit("--gpus", "1", "--wait-for-gpus", "--", "true")
     assert "queued on gpu1" in note
     row = status(queued["id"])
