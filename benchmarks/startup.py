@@ -4,9 +4,11 @@ Target: every command that contacts no site at most 0.15 s wall (median) on the 
 machine (2 cores), with the validated-site cache warm (any run after the site files last
 changed). The first run after a change reads every site file again: shown as "cold".
 
-Run: python benchmarks/startup.py [--runs 20]
+Run: python benchmarks/startup.py [--runs 20] [--baseline OTHER_CHECKOUT]
 It times this checkout (PYTHONPATH=src) through the installed `gpuhub` console script, with a
-scratch home: an empty ledger, the shipped sites and a user override file.
+scratch home: an empty ledger, the shipped sites and a user override file. With --baseline, the
+same commands of another checkout (an older gpuhub) are timed in turns with this one, so both
+columns see the same machine load.
 """
 
 from __future__ import annotations
@@ -25,31 +27,36 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET = 0.150
 
 
-def timed(argv: list[str], runs: int, env: dict[str, str], before: list[str] | None = None) -> list[float]:
-    out = []
-    for _ in range(runs):
-        if before:
-            subprocess.run(before, check=True)
-        start = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
-        out.append(time.perf_counter() - start)
-    return out
+def environment(repo: Path, scratch: Path) -> dict[str, str]:
+    """A new user's environment running ``repo``'s code."""
+    (scratch / "config" / "sites").mkdir(parents=True)
+    override = scratch / "config" / "sites" / "jean-zay.yaml"
+    override.write_text("connection: {user: abc123}\ndefaults: {project: abc}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo / "src"), os.environ.get("PYTHONPATH")])),
+           "GPUHUB_CONFIG_DIR": str(scratch / "config"), "GPUHUB_DATA_DIR": str(scratch / "data"),
+           "GPUHUB_CACHE_DIR": str(scratch / "cache"), "GPUHUB_SYSTEM_CONFIG_DIR": str(scratch / "etc")}
+    env.pop("GPUHUB_SITES", None)
+    return env
+
+
+def once(argv: list[str], env: dict[str, str], before: list[str] | None = None) -> float:
+    if before:
+        subprocess.run(before, check=True)
+    start = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--baseline", type=Path, help="another gpuhub checkout to time in turns with this one")
     args = parser.parse_args()
     script = Path(sys.executable).parent / "gpuhub"
     exe = [str(script)] if script.exists() else [shutil.which("gpuhub") or "gpuhub"]
     scratch = Path(tempfile.mkdtemp(prefix="gpuhub-startup-"))
-    (scratch / "config" / "sites").mkdir(parents=True)
-    override = scratch / "config" / "sites" / "jean-zay.yaml"
-    override.write_text("connection: {user: abc123}\ndefaults: {project: abc}\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
-           "GPUHUB_CONFIG_DIR": str(scratch / "config"), "GPUHUB_DATA_DIR": str(scratch / "data"),
-           "GPUHUB_CACHE_DIR": str(scratch / "cache"), "GPUHUB_SYSTEM_CONFIG_DIR": str(scratch / "etc")}
-    env.pop("GPUHUB_SITES", None)
+    repos = {"this": REPO, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+    envs = {name: environment(repo, scratch / name) for name, repo in repos.items()}
     render_jz = [*exe, "render", "--site", "jean-zay", "--gpu-type", "a100", "--gpus", "16", "--time", "10h", "--",
                  "python", "train.py"]
     cases = {
@@ -62,17 +69,26 @@ def main() -> None:
         "gpuhub submit --dry-run": [*exe, "submit", "--dry-run", "--", "true"],
         "gpuhub jobs": [*exe, "jobs"],
     }
-    subprocess.run(cases["gpuhub sites list"], env=env, check=True, stdout=subprocess.DEVNULL)  # warm the cache
-    print(f"{'command':<28} {'median s':>9} {'min s':>7} {'max s':>7}  target   ({args.runs} runs, {exe[0]})")
+    for env in envs.values():  # warm the cache (a checkout without one simply reads its files)
+        subprocess.run(cases["gpuhub sites list"], env=env, check=True, stdout=subprocess.DEVNULL)
+    columns = "".join(f" {name + ' median':>16} {'min':>6}" for name in repos)
+    print(f"{'command (seconds)':<28}{columns}  target  ({args.runs} runs each, {exe[0]})")
     for label, argv in cases.items():
-        times = timed(argv, args.runs, env)
-        verdict = "" if label.startswith("python") else ("ok" if statistics.median(times) <= TARGET else "OVER")
-        print(f"{label:<28} {statistics.median(times):>9.3f} {min(times):>7.3f} {max(times):>7.3f}  {verdict}")
+        times: dict[str, list[float]] = {name: [] for name in repos}
+        for _ in range(args.runs):
+            for name in repos:  # in turns, so a burst of load hits both columns alike
+                times[name].append(once(argv, envs[name]))
+        cells = "".join(f" {statistics.median(t):>16.3f} {min(t):>6.3f}" for t in times.values())
+        verdict = "" if label.startswith("python") else ("ok" if statistics.median(times["this"]) <= TARGET else "OVER")
+        print(f"{label:<28}{cells}  {verdict}")
     # Cold: the first command after a site file changed reads and validates every site again.
-    touch = ["touch", str(scratch / "config" / "sites" / "jean-zay.yaml")]
-    times = timed(render_jz, max(3, args.runs // 4), env, before=touch)
-    print(f"{'render (jean-zay), cold':<28} {statistics.median(times):>9.3f} {min(times):>7.3f} {max(times):>7.3f}  "
-          "(after a site file changed; not a target)")
+    times = {name: [] for name in repos}
+    for _ in range(max(3, args.runs // 4)):
+        for name in repos:
+            touch = ["touch", str(scratch / name / "config" / "sites" / "jean-zay.yaml")]
+            times[name].append(once(render_jz, envs[name], before=touch))
+    cells = "".join(f" {statistics.median(t):>16.3f} {min(t):>6.3f}" for t in times.values())
+    print(f"{'render (jean-zay), cold':<28}{cells}  (after a site file changed; not a target)")
     shutil.rmtree(scratch, ignore_errors=True)
 
 
