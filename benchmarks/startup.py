@@ -36,6 +36,8 @@ def environment(repo: Path, scratch: Path) -> dict[str, str]:
            "GPUHUB_CONFIG_DIR": str(scratch / "config"), "GPUHUB_DATA_DIR": str(scratch / "data"),
            "GPUHUB_CACHE_DIR": str(scratch / "cache"), "GPUHUB_SYSTEM_CONFIG_DIR": str(scratch / "etc")}
     env.pop("GPUHUB_SITES", None)
+    # An installed gpuhub has its modules compiled to bytecode; let the warm-up run write it.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 

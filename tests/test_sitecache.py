@@ -103,3 +103,22 @@ def test_cache_can_be_turned_off(isolated: Path, monkeypatch: pytest.MonkeyPatch
 def test_unwritable_cache_dir_is_not_an_error(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPUHUB_CACHE_DIR", "/proc/gpuhub-no-such-dir")
     assert registry.load_site("local").name == "local"
+
+
+def test_render_and_dry_run_load_no_model_until_a_value_is_wrong(isolated: Path) -> None:
+    code = ("import sys\nfrom gpuhub.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    print('EXIT', exc.code, file=sys.stderr)\n"
+            "print('LOADED', sorted(m for m in ('yaml', 'pydantic', 'paramiko') if m in sys.modules), file=sys.stderr)")
+
+    def run(*args: str) -> str:
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                              cwd=isolated).stderr
+
+    run("sites", "list")  # builds the cache
+    for args in (["render", "--", "true"], ["submit", "--dry-run", "--", "true"],
+                 ["render", "--site", "jean-zay", "-P", "abc", "--gpus", "8", "-t", "2h", "--mem", "64G",
+                  "--array", "0-9%2", "-e", "SEED=1", "--", "python", "train.py"]):
+        out = run(*args)
+        assert "EXIT 0" in out and "LOADED []" in out, (args, out)
+    wrong = run("render", "--time", "forever", "--", "true")  # the model says what is wrong, as before
+    assert "EXIT 2" in wrong and "Error: --time: walltime 'forever'" in wrong and "'pydantic'" in wrong, wrong

@@ -10,7 +10,6 @@ status``) settles: see :mod:`gpuhub.inflight`.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import sqlite3
 import time
 from collections import defaultdict
@@ -21,30 +20,21 @@ from gpuhub import inflight
 from gpuhub.backends import backend_for
 from gpuhub.errors import ConfigError, GpuhubError, NoFreeGpus, RequestError
 from gpuhub.ledger import JobRecord, Ledger
-from gpuhub.plan import plan
+from gpuhub.prepare import new_token, prepare
 from gpuhub.registry import load_site
-from gpuhub.render import RenderedJob, render
-from gpuhub.request import JobRequest, array_size
-from gpuhub.site import Site
+from gpuhub.requestdata import array_size, build, plain
 from gpuhub.states import JobStatus, State
 from gpuhub.transport import CommandTimeout, transport_for
 from gpuhub.transport.base import CommandError, Transport, TransportError
 
 if TYPE_CHECKING:
     from gpuhub.backends.base import Backend
+    from gpuhub.render import RenderedJob
+    from gpuhub.request import JobRequest
+    from gpuhub.site import Site
 
 # A dropped connection shows up as one of these; the job may or may not have reached the site.
 _LOST = (TransportError, CommandTimeout, OSError, EOFError)
-
-
-def new_token() -> str:
-    return secrets.token_hex(8)
-
-
-def prepare(site: Site | str, request: JobRequest, token: str | None = None) -> RenderedJob:
-    """The dry run: exactly what :func:`submit` sends."""
-    site_obj = load_site(site) if isinstance(site, str) else site
-    return render(plan(site_obj, request), token=token)
 
 
 def submit(
@@ -65,7 +55,7 @@ def submit(
     follow: it gets its scheduler id, or ends as ``failed`` with a one-line reason, or (when the
     site could not be asked whether the job arrived) stays ``submitting`` for ``status`` to settle.
     """
-    request = request or JobRequest(**fields)
+    request = request or build(fields)
     ledger = ledger or Ledger()
     site_obj = load_site(site) if isinstance(site, str) else site
     token = new_token()
@@ -78,7 +68,7 @@ def submit(
                 site=site_obj.name,
                 scheduler=site_obj.scheduler,
                 name=request.name,
-                request=request.model_dump(mode="json", exclude_defaults=True),
+                request=plain(request).record(),
                 plan=job.allocation.summary(),
                 script=job.files[job.main_file],
                 attempt_of=attempt_of,

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gpuhub.errors import RequestError
-from gpuhub.request import JobRequest
-from gpuhub.site import TOKEN_HELP, TOKEN_RE, Partition, Site
 from gpuhub.units import format_memory, format_walltime
+from gpuhub.values import TOKEN_HELP, TOKEN_RE
+
+if TYPE_CHECKING:
+    # Validated values: gpuhub.sitedata / gpuhub.requestdata classes (what commands use, no
+    # pydantic loaded) or the pydantic models they mirror.
+    from gpuhub.request import JobRequest
+    from gpuhub.site import Partition, Site
 
 DEFAULT_WALLTIME = 3600
 

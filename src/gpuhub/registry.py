@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from gpuhub.site import Site
+    from gpuhub.sitedata import Site as PlainSite
 
 SUFFIXES = sitecache.SUFFIXES
 MAX_PROBLEMS = 50  # problems of one site file reported
@@ -116,8 +117,9 @@ class SiteError(ConfigError):
         self.problems = problems
 
 
-def load_site(name: str) -> Site:
-    """The merged, validated site ``name``; ConfigError if unknown or invalid."""
+def load_site(name: str) -> PlainSite:
+    """The merged, validated site ``name`` (as plain classes, see :mod:`gpuhub.sitedata`);
+    ConfigError if unknown or invalid."""
     if not SITE_NAME_RE.fullmatch(name):
         site_sources(name)  # raises the error that explains site names
     entry = validated().get(name)
@@ -162,10 +164,12 @@ def _entry(name: str) -> sitecache.Entry:
         site = build_site(name, sources)
     except ConfigError as exc:
         return sitecache.Entry(files, error=exc.message, problems=getattr(exc, "problems", None) or [exc.message])
+    from gpuhub.sitedata import from_model
     from gpuhub.siteview import describe
 
     views = {"json": site.model_dump(mode="json"), "text": describe(site, sources)}
-    return sitecache.Entry(files, site=pickle.dumps(site, protocol=pickle.HIGHEST_PROTOCOL),
+    # Kept as plain classes, so that a command reading the cache never imports pydantic.
+    return sitecache.Entry(files, site=pickle.dumps(from_model(site), protocol=pickle.HIGHEST_PROTOCOL),
                            summary=summary(site), views=views)
 
 
@@ -246,7 +250,7 @@ def load_file(path: Path) -> Site:
     return build_site(path.stem, [SiteSource("file", path, read_yaml(path))])
 
 
-def load_sites(names: Iterable[str]) -> tuple[list[Site], dict[str, str]]:
+def load_sites(names: Iterable[str]) -> tuple[list[PlainSite], dict[str, str]]:
     """Many sites at once, from the validated-site cache: the sites that load and, for the
     others, the one-line reason."""
     entries = validated()
@@ -262,7 +266,7 @@ def load_sites(names: Iterable[str]) -> tuple[list[Site], dict[str, str]]:
     return sites, broken
 
 
-def list_sites() -> list[Site]:
+def list_sites() -> list[PlainSite]:
     return [load_site(n) for n in site_names()]
 
 

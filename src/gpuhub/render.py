@@ -26,7 +26,7 @@ from gpuhub.errors import ConfigError, shown
 from gpuhub.paths import shipped_dir
 from gpuhub.plan import Allocation
 from gpuhub.sandbox import UNTRUSTED_ERRORS, SafeEnvironment, describe, render_bounded
-from gpuhub.site import TOKEN_RE
+from gpuhub.values import TOKEN_RE
 
 
 class Trusted(str):
@@ -91,8 +91,11 @@ def _path(value: str) -> Trusted:
 
 
 def _env_for(shell: bool, search_path: tuple[str, ...]) -> jinja2.Environment:
+    from gpuhub.templatecache import bytecode_cache
+
     env = SafeEnvironment(
         loader=jinja2.FileSystemLoader(list(search_path)),
+        bytecode_cache=bytecode_cache("shell" if shell else "plain"),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,

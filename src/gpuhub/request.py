@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from gpuhub.errors import shown
-from gpuhub.limits import MAX_ARRAY_INDEX, MAX_ARRAY_TASKS, MAX_CPUS, MAX_GPUS, MAX_GPUS_PER_NODE, MAX_NAME, MAX_NODES
+from gpuhub.limits import MAX_CPUS, MAX_GPUS, MAX_GPUS_PER_NODE, MAX_NAME, MAX_NODES
+from gpuhub.requestdata import (
+    MAX_WAIT_FOR_GPUS,
+    array_indices,
+    array_size,
+    check_array,
+    check_dependency,
+    check_shape,
+    check_text,
+)
 from gpuhub.site import Directive, EnvVars, Memory, Token, Walltime
 
-ARRAY_RE = re.compile(r"^\d+(?:-\d+)?(?::\d+)?(?:,\d+(?:-\d+)?(?::\d+)?)*(?:%\d+)?$", re.ASCII)
-DEPENDENCY_RE = re.compile(
-    r"^(?:(?:after|afterany|afterok|afternotok|aftercorr):\d+(?:_\d+)?(?::\d+(?:_\d+)?)*|singleton)$", re.ASCII
-)
+# Re-exported: where they were defined before they moved to the pydantic-free module.
+__all__ = ["JobRequest", "array_indices", "array_size"]
 
-
-def _no_nul(value: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a string")
-    if "\0" in value:
-        raise ValueError("NUL bytes cannot be passed to a shell")
-    return value
-
-
-Text = Annotated[str, BeforeValidator(_no_nul)]
+Text = Annotated[str, BeforeValidator(check_text)]
 Launcher = Literal["none", "torchrun", "srun"]
 LAUNCHER_HELP = "none (the command as given), torchrun (one torchrun per node), srun (one task per GPU)"
 
@@ -63,7 +59,7 @@ class JobRequest(BaseModel):
     qos: Token | None = None
     directives: list[Directive] = Field(default_factory=list, description="extra scheduler options")
     wait_for_gpus: int | None = Field(
-        None, ge=0, le=30 * 86400,
+        None, ge=0, le=MAX_WAIT_FOR_GPUS,
         description="lab servers: wait in the host's queue this many seconds (0 = as long as it takes) "
         "when no GPUs are free, instead of failing",
     )
@@ -71,74 +67,14 @@ class JobRequest(BaseModel):
     @field_validator("array")
     @classmethod
     def _array(cls, value: str | None) -> str | None:
-        if value is not None:
-            if not ARRAY_RE.fullmatch(value):
-                raise ValueError(f"array {shown(value)} is not understood; examples: 0-49, 0-999%20, 1,3,5-7")
-            array_size(value)  # bounds and order of every range
-        return value
+        return value if value is None else check_array(value)
 
     @field_validator("dependency")
     @classmethod
     def _dependency(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = value.split(",")
-        for part in parts:
-            if not DEPENDENCY_RE.fullmatch(part):
-                raise ValueError(
-                    f"dependency {shown(value)} is not understood; examples: afterok:123, afterany:12:13, singleton"
-                )
-        return value
+        return value if value is None else check_dependency(value)
 
     @model_validator(mode="after")
     def _shape(self) -> JobRequest:
-        if bool(self.command) == (self.script is not None):
-            raise ValueError("give either a command (after --) or a script, not both and not neither")
-        if self.gpu_type is not None and 0 in (self.gpus, self.gpus_per_node):
-            raise ValueError(
-                f"gpus=0 contradicts gpu_type={shown(self.gpu_type)}: a GPU type needs at least one GPU "
-                "(drop the GPU type for a CPU-only job)"
-            )
-        shape = (self.gpus, self.nodes, self.gpus_per_node)
-        if None not in shape and self.gpus != self.nodes * self.gpus_per_node:  # type: ignore[operator]
-            raise ValueError(
-                f"gpus={self.gpus} disagrees with nodes={self.nodes} x gpus_per_node={self.gpus_per_node}"
-            )
+        check_shape(self)
         return self
-
-
-def array_indices(spec: str) -> tuple[list[int], int | None]:
-    """Indices of an array spec and its limit of tasks at once: ``0-4:2,9%3`` -> ([0, 2, 4, 9], 3)."""
-    body, _, throttle = spec.partition("%")
-    indices: list[int] = []
-    for chunk in body.split(","):
-        rng, _, step = chunk.partition(":")
-        lo, _, hi = rng.partition("-")
-        indices.extend(range(int(lo), int(hi or lo) + 1, int(step or 1)))
-    return indices, int(throttle) if throttle else None
-
-
-def array_size(spec: str) -> int:
-    """Number of tasks an array spec expands to (``0-49%5`` -> 50); ValueError when out of bounds."""
-    body, _, throttle = spec.partition("%")
-    if throttle and not 1 <= _index(throttle, spec) <= MAX_ARRAY_TASKS:
-        raise ValueError(f"array {shown(spec)}: the limit after '%' must be 1 to {MAX_ARRAY_TASKS}")
-    total = 0
-    for chunk in body.split(","):
-        rng, _, step = chunk.partition(":")
-        lo, _, hi = rng.partition("-")
-        start, stop, stride = _index(lo, spec), _index(hi or lo, spec), _index(step or "1", spec)
-        if stride < 1:
-            raise ValueError(f"array {shown(spec)}: the step after ':' must be at least 1")
-        if start > stop:
-            raise ValueError(f"array {shown(spec)}: range {start}-{stop} runs backwards; write {stop}-{start}")
-        total += len(range(start, stop + 1, stride))
-    if total > MAX_ARRAY_TASKS:
-        raise ValueError(f"array {shown(spec)} has {total} tasks; at most {MAX_ARRAY_TASKS}")
-    return total
-
-
-def _index(text: str, spec: str) -> int:
-    if len(text) > 12 or int(text) > MAX_ARRAY_INDEX:
-        raise ValueError(f"array {shown(spec)}: indices go from 0 to {MAX_ARRAY_INDEX}")
-    return int(text)

@@ -32,6 +32,7 @@ from gpuhub.limits import (
     MAX_SITE_NAME,
     MAX_TIMEOUT,
 )
+from gpuhub.sitedata import LabHostMethods, SiteMethods
 from gpuhub.units import (
     MEMORY_HELP,
     WALLTIME_HELP,
@@ -40,10 +41,11 @@ from gpuhub.units import (
     parse_memory,
     parse_walltime,
 )
-
-# A token that goes verbatim into a scheduler directive: no blanks, quotes or shell metacharacters.
-TOKEN_RE = re.compile(r"^[A-Za-z0-9_.@:+%,=/-]+$")
-TOKEN_HELP = "letters, digits and _ . @ : + % , = / - (no spaces or quotes)"
+from gpuhub.values import TOKEN_HELP, TOKEN_RE
+from gpuhub.values import check_directive as _check_directive
+from gpuhub.values import check_env as _check_env
+from gpuhub.values import check_shell_line as _check_shell_line
+from gpuhub.values import check_token as _check_token
 
 Walltime = Annotated[
     int,
@@ -57,49 +59,9 @@ Memory = Annotated[
     PlainSerializer(format_memory, return_type=str),
     WithJsonSchema({"type": "string", "description": f"memory: {MEMORY_HELP}", "examples": ["64G"]}),
 ]
-
-
-def _check_token(value: str) -> str:
-    if not isinstance(value, str) or not TOKEN_RE.fullmatch(value):
-        raise ValueError(f"{shown(value)} is not allowed here; use {TOKEN_HELP}")
-    return value
-
-
 Token = Annotated[str, BeforeValidator(_check_token)]
-
-
-def _check_directive(value: str) -> str:
-    # Whether it must look like an option (Slurm) or a submit line (HTCondor) is checked
-    # per scheduler, in the backend that writes it.
-    if not isinstance(value, str):
-        raise ValueError("a directive is a string such as '--hint=nomultithread'")
-    if not value.strip() or value != value.strip() or any(c in value for c in "\n\r\0"):
-        raise ValueError(f"directive {shown(value)} must be one non-empty line with no surrounding blanks")
-    return value
-
-
 Directive = Annotated[str, BeforeValidator(_check_directive)]
-
-
-def _check_shell_line(value: str) -> str:
-    if not isinstance(value, str) or "\0" in value:
-        raise ValueError("a setup line is a string of shell code without NUL bytes")
-    return value
-
-
 ShellLine = Annotated[str, BeforeValidator(_check_shell_line)]
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _check_env(value: dict[str, str]) -> dict[str, str]:
-    for key, val in value.items():
-        if not ENV_NAME_RE.fullmatch(key):
-            raise ValueError(f"environment variable name {shown(key)} is invalid; use [A-Za-z_][A-Za-z0-9_]*")
-        if not isinstance(val, str) or "\0" in val:
-            raise ValueError(f"environment variable {key}: value must be a string without NUL bytes")
-    return value
-
-
 EnvVars = Annotated[dict[str, str], AfterValidator(_check_env)]
 
 
@@ -282,7 +244,7 @@ def _check_host_path(value: str) -> str:
 HostPath = Annotated[str, BeforeValidator(_check_host_path)]
 
 
-class LabHost(Strict):
+class LabHost(Strict, LabHostMethods):
     """One GPU server of a pool. A bare string in ``lab.hosts`` is a host of that name."""
 
     name: str = Field(..., description="short name shown in job ids and `gpuhub gpus` (gpu1)")
@@ -309,10 +271,6 @@ class LabHost(Strict):
         if value is not None and (not value or any(c.isspace() or c == "\0" for c in value)):
             raise ValueError(f"{value!r} must be a non-empty word without blanks")
         return value
-
-    @property
-    def address(self) -> str:
-        return self.host or self.name
 
 
 class Lab(Strict):
@@ -367,7 +325,7 @@ class HTCondorSettings(Strict):
 Scheduler = Literal["slurm", "htcondor", "oar", "ssh", "local"]
 
 
-class Site(Strict):
+class Site(Strict, SiteMethods):
     """A place jobs run: a Slurm or HTCondor cluster, a lab GPU server, or this machine."""
 
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=MAX_SITE_NAME)
@@ -431,13 +389,6 @@ class Site(Strict):
             if _lookup(self, path) is _MISSING:
                 raise ValueError(f"unverified entry {shown(path)} names no field of this site")
         return self
-
-    def partition_key(self) -> str:
-        return self.default_partition or next(iter(self.partitions))
-
-    def is_unverified(self, path: str) -> bool:
-        """True when ``path`` or one of its parents is marked unverified."""
-        return any(path == p or path.startswith(p + ".") for p in self.unverified)
 
 
 _MISSING = object()

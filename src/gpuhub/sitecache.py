@@ -25,7 +25,7 @@ from typing import Any
 
 from gpuhub import __version__
 
-FORMAT = 1
+FORMAT = 2  # 2: sites kept as gpuhub.sitedata classes
 SUFFIXES = (".yaml", ".yml")
 _PACKAGE = Path(__file__).resolve().parent
 # The code whose behaviour a cached result depends on: a change to it (a checkout being worked
@@ -38,7 +38,7 @@ class Entry:
     """One site: the files it comes from, then either the validated site or the error it raised."""
 
     sources: list[tuple[str, str]]  # (layer, path), lowest layer first
-    site: bytes | None = None  # pickled Site
+    site: bytes | None = None  # pickled gpuhub.sitedata.Site
     error: str | None = None  # the first problem, as commands using the site print it
     problems: list[str] | None = None  # every problem, for `sites validate`
     summary: dict[str, Any] = field(default_factory=dict)  # what `sites list` shows
@@ -75,9 +75,18 @@ def _stats(directory: Path, suffixes: tuple[str, ...]) -> list[tuple[Any, ...]]:
 
 def fingerprint(layers: list[tuple[str, Path]]) -> tuple[Any, ...]:
     """Everything the validated sites depend on; equal fingerprints mean equal results."""
-    code = [s for d in _CODE_DIRS for s in _stats(d, (".py",))]
     files = [(name, str(path), _stats(path, SUFFIXES)) for name, path in layers]
-    return (FORMAT, __version__, sys.version, _pydantic_stamp(), tuple(map(tuple, code)), repr(files))
+    return (FORMAT, __version__, sys.version, _pydantic_stamp(), code_stamp(), repr(files))
+
+
+_CODE: list[tuple[Any, ...]] = []
+
+
+def code_stamp() -> tuple[Any, ...]:
+    """Path, size, times and inode of gpuhub's own modules (read once per process)."""
+    if not _CODE:
+        _CODE.append(tuple(tuple(s) for d in _CODE_DIRS for s in _stats(d, (".py",))))
+    return _CODE[0]
 
 
 def _pydantic_stamp() -> tuple[Any, ...]:
@@ -98,7 +107,7 @@ def _file_for(layers: list[tuple[str, Path]]) -> Path:
     return cache_dir() / f"sites-{digest}.pickle"
 
 
-def _private(path: Path, st: os.stat_result) -> bool:
+def private(st: os.stat_result) -> bool:
     """Owned by this user and writable by nobody else."""
     return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
@@ -110,7 +119,7 @@ def load(layers: list[tuple[str, Path]], key: tuple[Any, ...]) -> dict[str, Entr
     path = _file_for(layers)
     try:
         with open(path, "rb") as handle:
-            if not (_private(path, os.fstat(handle.fileno())) and _private(path.parent, os.stat(path.parent))):
+            if not (private(os.fstat(handle.fileno())) and private(os.stat(path.parent))):
                 return None
             data = handle.read()
         stored = pickle.loads(data)
@@ -144,6 +153,6 @@ def save(layers: list[tuple[str, Path]], key: tuple[Any, ...], sites: dict[str, 
 
 
 def site_from(entry: Entry) -> Any:
-    """The validated Site of an entry (the caller has checked it has one)."""
+    """The validated site of an entry, a ``gpuhub.sitedata.Site`` (the caller has checked it has one)."""
     assert entry.site is not None
     return pickle.loads(entry.site)

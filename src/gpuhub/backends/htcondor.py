@@ -18,9 +18,9 @@ from gpuhub.backends.base import Backend, Capabilities, SiteProblem
 from gpuhub.backends.common import combine_tasks, job_env, safe_job_name, setup_lines
 from gpuhub.backends.htcondor_parse import job_status, parse_ads, parse_terse, token_constraint
 from gpuhub.errors import RequestError
-from gpuhub.request import array_indices
-from gpuhub.site import TOKEN_RE
+from gpuhub.requestdata import array_indices
 from gpuhub.transport.base import CommandError
+from gpuhub.values import TOKEN_RE
 
 if TYPE_CHECKING:
     from collections.abc import Callable

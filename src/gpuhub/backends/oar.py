@@ -17,7 +17,7 @@ from gpuhub.backends.base import Backend, Capabilities, SiteProblem
 from gpuhub.backends.common import combine_tasks, job_env, launch, log_paths, requeue_lead, safe_job_name, setup_lines
 from gpuhub.backends.oar_parse import OarJob, parse_oarnodes, parse_oarstat, parse_submit
 from gpuhub.errors import GpuhubError, RequestError
-from gpuhub.request import array_indices
+from gpuhub.requestdata import array_indices
 from gpuhub.states import JobStatus
 
 if TYPE_CHECKING:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -106,6 +105,8 @@ def start_failover(record: Any, targets: list[dict[str, Any]], after: float, led
     if len(targets) < 2:
         note("gpuhub: --failover-after: no other site can run this job; it stays where it is")
         return
+    import subprocess
+
     log = ledger.path.parent / f"failover-{record.id}.log"
     with open(log, "ab") as out:
         subprocess.Popen(

@@ -177,8 +177,9 @@ def _after(opts: dict[str, Any]) -> str | None:
 
 
 def build_request(opts: dict[str, Any]) -> Any:
-    """JobRequest from CLI options; validation errors name the option at fault."""
-    from gpuhub.request import JobRequest
+    """The validated request (a :class:`gpuhub.requestdata.Request`) from CLI options; validation
+    errors name the option at fault."""
+    from gpuhub.requestdata import plain, quick
 
     opts = {**opts, "dependency": _after(opts)}
     fields: dict[str, Any] = {k: v for k, v in opts.items() if k in OPTION_OF and v not in (None, (), {})}
@@ -197,10 +198,15 @@ def build_request(opts: dict[str, Any]) -> Any:
     if not fields.get("command") and script is None:
         raise click.UsageError("nothing to run: give a command after '--' (gpuhub render -- python train.py) "
                                "or --script FILE")
+    request = quick(fields)  # values that plainly pass every check: no pydantic to load
+    if request is not None:
+        return request
     from pydantic import ValidationError
 
+    from gpuhub.request import JobRequest
+
     try:
-        return JobRequest(**fields)
+        return plain(JobRequest(**fields))
     except ValidationError as exc:
         raise RequestError(_request_error(exc)) from None
 
@@ -222,13 +228,13 @@ def _request_error(exc: Any) -> str:
 
 
 def rendered(opts: dict[str, Any]) -> Any:
-    """Site + request -> RenderedJob, through :func:`gpuhub.jobs.prepare`, the path submit takes.
+    """Site + request -> RenderedJob, through :func:`gpuhub.prepare.prepare`, the path submit takes.
 
     It carries a fresh token, as a submission does, so the files shown are those submit sends
     (only the token's value differs from one run to the next). With ``--site auto`` the site is
     chosen first, as submit would."""
     from gpuhub.cli.broker_opts import choose_site, wants_broker
-    from gpuhub.jobs import new_token, prepare
+    from gpuhub.prepare import new_token, prepare
     from gpuhub.registry import load_site
 
     if wants_broker(opts):

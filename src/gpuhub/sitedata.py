@@ -1,0 +1,256 @@
+"""Validated sites as plain frozen classes, so commands that use a site need not import pydantic.
+
+A site file is validated once by the pydantic models of :mod:`gpuhub.site`; :func:`from_model`
+then copies the result into the classes below, which the validated-site cache keeps and which
+``plan``, ``render`` and the backends read. Each class mirrors the model of the same name: the
+same fields in the same order, with the same defaults, and the same methods (shared through the
+``*Methods`` mixins, which both sides inherit). ``tests/test_sitedata.py`` fails when a field is
+added to one side only. Values are not checked here: only :func:`from_model` (or code that knows
+what it writes) makes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+
+class SiteMethods:
+    """What :class:`Site` and ``gpuhub.site.Site`` compute from their fields."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:  # not at run time: pydantic would take them for fields of its Site
+        default_partition: str | None
+        partitions: dict[str, Any]
+        unverified: list[str]
+
+    def partition_key(self) -> str:
+        return self.default_partition or next(iter(self.partitions))
+
+    def is_unverified(self, path: str) -> bool:
+        """True when ``path`` or one of its parents is marked unverified."""
+        return any(path == p or path.startswith(p + ".") for p in self.unverified)
+
+
+class LabHostMethods:
+    __slots__ = ()
+    if TYPE_CHECKING:
+        name: str
+        host: str | None
+
+    @property
+    def address(self) -> str:
+        return self.host or self.name
+
+
+class Factory:
+    """A default made afresh for each instance (a list, a dict, a nested settings object)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+_MISSING = object()
+
+
+class Plain:
+    """A frozen record whose fields are its class annotations, in order; a class attribute is
+    a field's default. (Not ``dataclasses``: building a dataclass compiles its methods, which at
+    every start-up cost more than all of the rest of this module.)"""
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+    # The fields the site file gave (the rest are defaults), as pydantic's ``model_fields_set``:
+    # an SSH setting left out of the site file yields to ~/.ssh/config.
+    model_fields_set: frozenset[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = [name for name, kind in cls.__annotations__.items()  # its own (Python 3.10 and later)
+               if not str(kind).startswith("ClassVar")]
+        cls._fields = (*cls._fields, *own)
+
+    def __init__(self, **values: Any) -> None:
+        cls = type(self)
+        setattr_ = object.__setattr__
+        for name in cls._fields:
+            value = values.pop(name, _MISSING)
+            if value is _MISSING:
+                value = getattr(cls, name, _MISSING)
+                if value is _MISSING:
+                    raise TypeError(f"{cls.__name__}: missing field {name!r}")
+                if isinstance(value, Factory):
+                    value = value.make()
+            setattr_(self, name, value)
+        setattr_(self, "model_fields_set", frozenset(values.pop("model_fields_set", ())))
+        if values:
+            raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(map(repr, values))}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: use model_copy(update=...)")
+
+    __delattr__ = __setattr__  # type: ignore[assignment]
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self._fields)})"
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Any:
+        """A copy with some fields replaced (not validated), as pydantic's ``model_copy``."""
+        update = update or {}
+        values = {name: getattr(self, name) for name in self._fields}
+        return type(self)(**{**values, **update}, model_fields_set=self.model_fields_set | frozenset(update))
+
+
+class QoS(Plain):
+    name: str
+    max_walltime: int | None = None
+    description: str | None = None
+
+
+class Partition(Plain):
+    description: str | None = None
+    partition: str | None = None
+    gpu_model: str | None = None
+    gres_type: str | None = None
+    constraint: str | None = None
+    gpu_memory_gb: float | None = None
+    gpu_capability: float | None = None
+    gpus_per_node: int
+    cpus_per_gpu: int | None = None
+    cpus_per_node: int | None = None
+    memory_per_node: int | None = None
+    max_walltime: int | None = None
+    default_walltime: int | None = None
+    max_nodes: int | None = None
+    exclusive: bool = False
+    qos: list[QoS] = Factory(list)
+    directives: list[str] = Factory(list)
+    setup: list[str] = Factory(list)
+    env: dict[str, str] = Factory(dict)
+
+
+class Connection(Plain):
+    host: str
+    port: int | None = None
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    proxy_jump: str | None = None
+    keepalive_interval: int = 30
+    connect_timeout: float = 20.0
+    host_key_fingerprints: dict[str, str] = Factory(dict)
+    ip_restricted: bool = False
+
+
+class Account(Plain):
+    format: str | None = None
+    required: bool = False
+
+
+class Network(Plain):
+    interface: str | None = None
+    env: dict[str, str] = Factory(dict)
+
+
+class Defaults(Plain):
+    project: str | None = None
+    account: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    time: int | None = None
+    gpu_type: str | None = None
+    cpus_per_gpu: int | None = None
+    mem: int | None = None
+    launcher: str | None = None
+
+
+class Accounting(Plain):
+    normalization: dict[str, float] = Factory(dict)
+    source: str | None = None
+    site_tools: list[str] = Factory(list)
+
+
+class OarSettings(Plain):
+    gpu_property: str = "gpu"
+    model_property: str = "gpumodel"
+
+
+class LabHost(Plain, LabHostMethods):
+    name: str
+    host: str | None = None
+    port: int | None = None
+    lock_dir: str | None = None
+    nvidia_smi: str | None = None
+
+
+class Lab(Plain):
+    hosts: list[LabHost] = Factory(list)
+    lock_dir: str = "/var/tmp/gpuhub-locks"
+    nvidia_smi: str = "nvidia-smi"
+    busy_memory_mib: int = 1024
+    busy_utilization: int = 10
+    max_gpus_per_user: int | None = None
+    max_walltime: int | None = None
+    reserved_gpus: list[int] = Factory(list)
+    kill_grace: int = 30
+    queue_poll: float = 2.0
+
+
+class HTCondorSettings(Plain):
+    gpu_requirements: str = "gpus_minimum"
+
+
+class Site(Plain, SiteMethods):
+    name: str
+    description: str = ""
+    scheduler: str
+    connection: Connection | None = None
+    account: Account = Factory(Account)
+    defaults: Defaults = Factory(Defaults)
+    gpu_request: str = "gres"
+    directives: list[str] = Factory(list)
+    setup: list[str] = Factory(list)
+    env: dict[str, str] = Factory(dict)
+    network: Network = Factory(Network)
+    partitions: dict[str, Partition]
+    default_partition: str | None = None
+    log_dir: str = "gpuhub-logs"
+    template: str | None = None
+    accounting: Accounting = Factory(Accounting)
+    htcondor: HTCondorSettings = Factory(HTCondorSettings)
+    oar: OarSettings = Factory(OarSettings)
+    lab: Lab = Factory(Lab)
+    unverified: list[str] = Factory(list)
+    sources: list[str] = Factory(list)
+
+
+MIRRORS: dict[str, type[Plain]] = {
+    cls.__name__: cls
+    for cls in (QoS, Partition, Connection, Account, Network, Defaults, Accounting, OarSettings, LabHost, Lab,
+                HTCondorSettings, Site)
+}
+
+
+def from_model(value: Any) -> Any:
+    """The plain copy of a validated model (a ``gpuhub.site`` instance), recursively; anything
+    else (a plain instance included) is returned as it is, lists and dicts copied."""
+    model_fields = getattr(type(value), "model_fields", None)
+    if model_fields is not None:
+        mirror = MIRRORS[type(value).__name__]
+        values = {name: from_model(getattr(value, name)) for name in model_fields}
+        return mirror(**values, model_fields_set=frozenset(value.model_fields_set))
+    if isinstance(value, list):
+        return [from_model(item) for item in value]
+    if isinstance(value, dict):
+        return {key: from_model(item) for key, item in value.items()}
+    return value
