@@ -76,6 +76,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "GPUHUB_SITES": str(sites_dir),
            "GPUHUB_CONFIG_DIR": str(config), "GPUHUB_CACHE_DIR": str(tmp / "cache"),
            "GPUHUB_DATA_DIR": str(tmp / "data")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed gpuhub has its modules compiled to bytecode
     os.environ.update(env)
     sys.path.insert(0, str(REPO / "src"))
 

@@ -180,3 +180,12 @@ def test_settings_layers_and_bad_values(isolated, monkeypatch):
         load_config()
 
 
+
+
+def test_kept_settings_mirror_the_model(isolated):
+    from gpuhub.broker.config import BrokerSettings, plain
+
+    assert BrokerSettings._fields == tuple(BrokerConfig.model_fields)
+    assert plain(BrokerConfig()) == BrokerSettings()  # the same defaults
+    assert plain(CONFIG) == load_config().model_copy(update={n: getattr(CONFIG, n) for n in BrokerSettings._fields})
+    assert BrokerSettings().models_for("any") is None and CONFIG.models_for("any") is None

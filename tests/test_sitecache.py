@@ -105,7 +105,7 @@ def test_unwritable_cache_dir_is_not_an_error(isolated: Path, monkeypatch: pytes
     assert registry.load_site("local").name == "local"
 
 
-def test_render_and_dry_run_load_no_model_until_a_value_is_wrong(isolated: Path) -> None:
+def test_render_dry_run_and_plan_load_no_model_until_a_value_is_wrong(isolated: Path) -> None:
     code = ("import sys\nfrom gpuhub.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    print('EXIT', exc.code, file=sys.stderr)\n"
             "print('LOADED', sorted(m for m in ('yaml', 'pydantic', 'paramiko') if m in sys.modules), file=sys.stderr)")
@@ -120,5 +120,9 @@ def test_render_and_dry_run_load_no_model_until_a_value_is_wrong(isolated: Path)
                   "--array", "0-9%2", "-e", "SEED=1", "--", "python", "train.py"]):
         out = run(*args)
         assert "EXIT 0" in out and "LOADED []" in out, (args, out)
+    plan = ["plan", "--sites", "local", "--gpus", "0", "--", "true"]
+    assert "LOADED ['pydantic', 'yaml']" in run(*plan)  # the broker's settings: read, validated and kept
+    again = run(*plan)
+    assert "EXIT 0" in again and "LOADED []" in again, again
     wrong = run("render", "--time", "forever", "--", "true")  # the model says what is wrong, as before
     assert "EXIT 2" in wrong and "Error: --time: walltime 'forever'" in wrong and "'pydantic'" in wrong, wrong

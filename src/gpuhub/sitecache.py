@@ -30,7 +30,7 @@ SUFFIXES = (".yaml", ".yml")
 _PACKAGE = Path(__file__).resolve().parent
 # The code whose behaviour a cached result depends on: a change to it (a checkout being worked
 # on) is a miss, like a change to a site file.
-_CODE_DIRS = (_PACKAGE, _PACKAGE / "backends")
+_CODE_DIRS = (_PACKAGE, _PACKAGE / "backends", _PACKAGE / "broker")
 
 
 @dataclass
@@ -114,17 +114,7 @@ def private(st: os.stat_result) -> bool:
 
 def load(layers: list[tuple[str, Path]], key: tuple[Any, ...]) -> dict[str, Entry] | None:
     """The cached sites for these layers, or None when there is no usable, up-to-date cache."""
-    if not enabled():
-        return None
-    path = _file_for(layers)
-    try:
-        with open(path, "rb") as handle:
-            if not (private(os.fstat(handle.fileno())) and private(os.stat(path.parent))):
-                return None
-            data = handle.read()
-        stored = pickle.loads(data)
-    except Exception:  # missing, unreadable, truncated or from another version: rebuilt by the caller
-        return None
+    stored = read_private(_file_for(layers))
     if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("sites"), dict):
         return None
     return stored["sites"]
@@ -132,17 +122,35 @@ def load(layers: list[tuple[str, Path]], key: tuple[Any, ...]) -> dict[str, Entr
 
 def save(layers: list[tuple[str, Path]], key: tuple[Any, ...], sites: dict[str, Entry]) -> None:
     """Write the cache atomically; failing to write it is never an error (it is only a cache)."""
+    write_private(_file_for(layers), {"key": key, "sites": sites})
+
+
+def read_private(path: Path) -> Any:
+    """What a cache file holds, or None: caches off, no such file, not private, damaged."""
+    if not enabled():
+        return None
+    try:
+        with open(path, "rb") as handle:
+            if not (private(os.fstat(handle.fileno())) and private(os.stat(path.parent))):
+                return None
+            data = handle.read()
+        return pickle.loads(data)
+    except Exception:  # missing, unreadable, truncated or from another version: rebuilt by the caller
+        return None
+
+
+def write_private(path: Path, value: Any) -> None:
+    """Pickle ``value`` into ``path`` atomically, in a private directory; errors are ignored."""
     if not enabled():
         return
     import tempfile
 
-    path = _file_for(layers)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sites-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
-            handle.write(pickle.dumps({"key": key, "sites": sites}, protocol=pickle.HIGHEST_PROTOCOL))
+            handle.write(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
         os.replace(tmp, path)
         tmp = None
     except OSError:

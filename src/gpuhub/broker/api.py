@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gpuhub.broker.cache import LiveCache
 from gpuhub.broker.choose import BrokerPlan, choose, fits
-from gpuhub.broker.config import BrokerConfig, load_config
+from gpuhub.broker.config import load_config
 from gpuhub.broker.feasible import SiteFit
 from gpuhub.broker.state import Prober
 from gpuhub.errors import ConfigError, shown
 from gpuhub.paths import user_cache_dir
-from gpuhub.request import JobRequest
-from gpuhub.site import Site
+
+if TYPE_CHECKING:
+    from gpuhub.broker.config import BrokerConfig
+    from gpuhub.request import JobRequest
+    from gpuhub.site import Site
 
 
 def live_cache(config: BrokerConfig) -> LiveCache:

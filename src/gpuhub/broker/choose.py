@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from gpuhub.broker.config import BrokerConfig
 from gpuhub.broker.feasible import SiteFit, fit_site
 from gpuhub.broker.live import partition_live
 from gpuhub.broker.rank import Row, make_row, over_allocation, rank
 from gpuhub.errors import RequestError
 from gpuhub.exporter.readings import SiteReading
 from gpuhub.exporter.samples import GpuModels
-from gpuhub.request import JobRequest
-from gpuhub.site import Site
+
+if TYPE_CHECKING:
+    from gpuhub.broker.config import BrokerConfig
+    from gpuhub.request import JobRequest
+    from gpuhub.site import Site
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,16 @@ left out entirely can say why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from gpuhub.broker.config import BrokerConfig
 from gpuhub.errors import RequestError
 from gpuhub.plan import Allocation, plan
-from gpuhub.request import JobRequest
-from gpuhub.site import Partition, Site
 from gpuhub.units import format_memory
+
+if TYPE_CHECKING:
+    from gpuhub.broker.config import BrokerConfig
+    from gpuhub.request import JobRequest
+    from gpuhub.site import Partition, Site
 
 
 @dataclass(frozen=True)

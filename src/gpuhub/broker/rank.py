@@ -12,11 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from gpuhub.broker.config import BrokerConfig
 from gpuhub.broker.live import PartitionLive
 from gpuhub.plan import Allocation
 from gpuhub.units import format_walltime
+
+if TYPE_CHECKING:
+    from gpuhub.broker.config import BrokerConfig
 
 
 @dataclass

@@ -22,7 +22,8 @@ from gpuhub.broker.choose import SiteState
 from gpuhub.broker.feasible import SiteFit
 from gpuhub.exporter.readings import NodeGpus, QueueJob, SiteReading
 from gpuhub.plan import Allocation
-from gpuhub.site import Site
+from gpuhub.sitedata import Connection as PlainConnection
+from gpuhub.sitedata import Site
 from gpuhub.transport.base import Transport
 
 # (site, transport, monotonic deadline) -> reading
@@ -53,7 +54,10 @@ def reading_from_json(data: dict[str, Any]) -> SiteReading:
 
 def _site_key(site: Site) -> str:
     # A changed site file (another host, port, partitions) must not reuse an old reading.
-    return json.dumps(site.model_dump(mode="json", include={"name", "scheduler", "connection"}), sort_keys=True)
+    # Plain sites (gpuhub.sitedata) and models alike; a connection holds no walltime or size.
+    conn = site.connection
+    connection = None if conn is None else {name: getattr(conn, name) for name in PlainConnection._fields}
+    return json.dumps({"name": site.name, "scheduler": site.scheduler, "connection": connection}, sort_keys=True)
 
 
 def _start_key(site: Site, alloc: Allocation) -> str:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from gpuhub.accounting.records import project_of
 from gpuhub.exporter.readings import HOLDING_STATES, JOB_STATES, NodeGpus, QueueJob, SiteReading
-from gpuhub.site import Site
+
+if TYPE_CHECKING:
+    from gpuhub.site import Site
 
 Samples = dict[str, dict[tuple[str, ...], float]]
 
