@@ -101,8 +101,8 @@ def _foreign(path: Path) -> None:
 def _corrupt_page(path: Path) -> None:
     healthy_ledger(path)
     with open(path, "r+b") as handle:
-        handle.seek(4096 * 2 + 100)  # inside the jobs table's pages
-        handle.write(b"\xff" * 600)
+        handle.seek(4096)  # the header of the jobs table's root page (page 2)
+        handle.write(b"\xff" * 16)
 
 
 LEDGERS: dict[str, Callable[[Path], None]] = {
@@ -299,7 +299,7 @@ CASES: list[Case] = [
     Case("ledger-schema-text", 5, ("jobs",), ("ledger.sqlite", "schema"), ledger="schema-text"),
     Case("ledger-check-garbage", 5, ("ledger", "check"), ("ledger.sqlite", "repair"), ledger="garbage"),
     Case("ledger-check-unknown-state", 5, ("ledger", "check"), ("ledger.sqlite", "repair"), ledger="unknown-state"),
-    Case("ledger-dir-is-file", 5, ("jobs",), ("ledger",), ledger=None, files={"data": "not a directory"}),
+    Case("ledger-dir-is-file", 5, ("submit", *CMD), ("ledger",), ledger=None, files={"data": "not a directory"}),
     Case("ledger-is-dir", 5, ("jobs",), ("ledgerdir",), ledger=None, files={"ledgerdir/x": "x"},
          env={"GPUHUB_LEDGER": "{home}/ledgerdir"}),
     Case("ledger-readonly-submit", 5, ("submit", *CMD), ("ledger.sqlite", "read-only"), read_only=True),
@@ -461,6 +461,23 @@ def _env(home: Path, src: Path) -> dict[str, str]:
     return env
 
 
+def cli(argv: tuple[str, ...] | list[str], home: Path, src: Path = REPO / "src", read_only: bool = False,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m gpuhub ARGV`` with its config and data under ``home`` ({home} in ARGV is replaced).
+
+    ``read_only``: ``home/data`` (where the ledger lives) is mounted read-only for this command alone,
+    in a private mount namespace, so that even root cannot write it.
+    """
+    argv = [a.replace("{home}", str(home)) for a in argv]
+    cmd = [sys.executable, "-m", "gpuhub", *argv]
+    if read_only:
+        cmd = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
+               str(home / "data"), *cmd]
+    full_env = {**_env(home, src), **{k: v.replace("{home}", str(home)) for k, v in (env or {}).items()}}
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=full_env, cwd=home,
+                          timeout=TIMEOUT, preexec_fn=_limit_memory, stdin=subprocess.DEVNULL)
+
+
 def run_case(case: Case, src: Path = REPO / "src") -> Outcome:
     home = Path(tempfile.mkdtemp(prefix=f"gpuhub-bad-{case.id[:20]}-"))
     try:
@@ -473,18 +490,10 @@ def _run_in(case: Case, home: Path, src: Path) -> Outcome:
     ledger = _setup(case, home)
     before_bytes = ledger.read_bytes() if ledger.exists() else None
     before_rows = _ledger_rows(ledger) if ledger.exists() else None
-    argv = [a.replace("{home}", str(home)) for a in case.argv]
-    cmd = [sys.executable, "-m", "gpuhub", *argv]
-    if case.read_only:  # in a private mount namespace, so nothing outside this process sees it
-        data = str(home / "data")
-        cmd = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
-               data, *cmd]
     start = time.monotonic()
     problems: list[str] = []
     try:
-        env = {**_env(home, src), **{k: v.replace("{home}", str(home)) for k, v in case.env.items()}}
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env,
-                              cwd=home, timeout=TIMEOUT, preexec_fn=_limit_memory, stdin=subprocess.DEVNULL)
+        proc = cli(case.argv, home, src, read_only=case.read_only, env=case.env)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, out, err = None, str(exc.stdout or ""), str(exc.stderr or "")

@@ -7,16 +7,8 @@ import pytest
 
 from bad_inputs import CASES, run_case
 
-# Refused cleanly by the next change (ledger check/repair, request contradictions, staging links,
-# read-only usage reports); strict, so each one is noticed the moment it passes.
-NOT_YET = {
-    "ledger-garbage", "ledger-garbage-status", "ledger-garbage-submit", "ledger-truncated", "ledger-corrupt-page",
-    "ledger-unknown-state", "ledger-unknown-state-status", "ledger-bad-json", "ledger-null-plan",
-    "ledger-foreign-schema", "ledger-schema-99", "ledger-schema-text", "ledger-check-garbage",
-    "ledger-check-unknown-state", "ledger-dir-is-file", "ledger-is-dir", "ledger-readonly-submit",
-    "ledger-readonly-cancel", "directive-on-local", "account-on-local", "qos-on-local", "qos-on-ssh",
-    "stage-symlink-outside", "usage-report-nonexistent-db",
-}
+# Refused cleanly by the next change (staging links); strict, so it is noticed the moment it passes.
+NOT_YET = {"stage-symlink-outside"}
 PARAMS = [pytest.param(c, marks=pytest.mark.xfail(strict=True)) if c.id in NOT_YET else c for c in CASES]
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuhub.errors import GpuhubError
+from gpuhub.errors import GpuhubError, shown
 from gpuhub.paths import user_data_dir
 from gpuhub.states import JobStatus, State, exit_status
 
@@ -71,6 +71,21 @@ _MIGRATIONS = {
         )""",
     ],
 }
+
+
+COLUMNS = (
+    "id", "token", "site", "scheduler", "scheduler_id", "name", "request", "plan", "script", "log_out", "log_err",
+    "state", "reason", "nodes", "exit_code", "created_at", "submitted_at", "started_at", "ended_at", "updated_at",
+)
+COLUMNS_2 = ("attempt_of", "attempt")  # added to jobs by schema 2
+SQLITE_MAGIC = b"SQLite format 3\x00"
+ADVICE = "keep a copy of it, then run `gpuhub ledger check` and `gpuhub ledger repair`"
+
+
+class LedgerError(GpuhubError):
+    """The ledger file cannot be used as it is: damaged, not a ledger, newer, or read-only."""
+
+    exit_code = 2
 
 
 def ledger_path() -> Path:
@@ -168,17 +183,20 @@ def _shown_path(path: str | None) -> str | None:
 
 
 class Ledger:
-    def __init__(self, path: Path | None = None) -> None:
+    """The jobs store.
+
+    ``mode="write"`` (submit, cancel) creates the file if needed and refuses a ledger it cannot
+    write. ``mode="read"`` (jobs, logs) never writes nor creates anything: a missing ledger reads as
+    empty. ``mode="auto"`` (status) writes when it can; on a read-only ledger it works on a copy in
+    memory, so states are shown fresh but not saved (``read_only`` tells which).
+    A damaged or foreign file raises :class:`LedgerError` naming it and what to do.
+    """
+
+    def __init__(self, path: Path | None = None, mode: str = "write") -> None:
         self.path = path or ledger_path()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise GpuhubError(f"cannot open the ledger {self.path}: {exc}") from None
+        self.read_only = mode == "read"
+        self.db = _Guarded(self._connect(mode), self.path)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
     @classmethod
@@ -191,26 +209,124 @@ class Ledger:
             raise GpuhubError(f"no ledger at {path}")
         book = cls.__new__(cls)
         book.path = path
+        book.read_only = True
         book.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10,
                                   isolation_level=None, check_same_thread=False)
         book.db.row_factory = sqlite3.Row
         return book
 
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise LedgerError(f"ledger {self.path} is a directory; point GPUHUB_LEDGER at a file")
+        exists = self.path.exists()
+        if exists:
+            _check_magic(self.path)
+        if mode == "auto" and not exists:
+            mode = "read"  # nothing recorded, so nothing to update: create nothing
+        if mode == "read" and (not exists or self.path.stat().st_size == 0):
+            return _connect(":memory:")
+        if mode != "read":
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = _connect(self.path)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA foreign_keys=ON")
+                if exists:
+                    db.execute("BEGIN IMMEDIATE")  # proves the file can be written
+                    db.execute("ROLLBACK")
+                return db
+            except (OSError, sqlite3.OperationalError) as exc:
+                if not _read_only_error(exc) or mode == "write":
+                    raise self._open_error(exc, mode) from None
+            except sqlite3.DatabaseError as exc:
+                raise self._open_error(exc, mode) from None
+            if not exists:
+                raise LedgerError(f"cannot create the ledger {self.path}: its directory is read-only")
+        self.read_only = True
+        try:
+            source = _connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            if mode == "read":
+                source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return source
+            copy = _connect(":memory:")
+            source.backup(copy)  # status may record what it learns: in memory, never saved
+            source.close()
+            return copy
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc):
+                raise self._open_error(exc, mode) from None
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc, mode) from None
+        # A WAL ledger in a read-only directory without its -shm file: read it as an immutable file.
+        return _connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True)
+
+    def _open_error(self, exc: BaseException, mode: str) -> LedgerError:
+        if _read_only_error(exc):
+            return LedgerError(
+                f"ledger {self.path} is read-only ({exc}); this command records jobs: make the file and its "
+                "directory writable, or set GPUHUB_LEDGER to another file"
+            )
+        return LedgerError(f"ledger {self.path} cannot be read ({shown(str(exc))}); {ADVICE}")
+
     def _migrate(self) -> None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not tables & {"jobs", "meta", "state_history", "failovers"}:
+            raise LedgerError(
+                f"{self.path} is not a gpuhub ledger (it holds tables {', '.join(sorted(tables)[:3])}); "
+                "set GPUHUB_LEDGER to another file, or move it away"
+            )
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")} if "jobs" in tables else set()
+        missing = [c for c in COLUMNS if c not in columns]
+        if columns and missing:
+            raise LedgerError(
+                f"{self.path} is not a gpuhub ledger (its jobs table has no {', '.join(missing[:3])}); "
+                "set GPUHUB_LEDGER to another file, or move it away"
+            )
+        version = None
+        if "meta" in tables:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = row[0] if row else None
+        if version is not None and not (isinstance(version, str) and version.isascii() and version.isdigit()):
+            raise LedgerError(f"ledger {self.path} has a schema_version of {shown(version)}, not a number; {ADVICE}")
+        if version is not None and int(version) > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self.path} was written by a newer gpuhub (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}); upgrade gpuhub"
+            )
+        # Without its schema_version (meta lost), a ledger's columns tell how far it was migrated.
+        have = int(version) if version is not None else schema_of(columns)
+        if tables and have >= 2 and not (set(COLUMNS_2) <= columns and "failovers" in tables):
+            raise LedgerError(f"ledger {self.path} says schema {have} but lacks its attempts or failovers; {ADVICE}")
+        if self.read_only:
+            if tables and not {"jobs", "state_history"} <= tables:
+                raise LedgerError(f"ledger {self.path} lacks some of its tables; {ADVICE}")
+            if not tables or have < SCHEMA_VERSION:
+                self._upgrade_in_memory(have if tables else 0)
+            return
         with self.transaction():
             for statement in _SCHEMA:
                 self.db.execute(statement)
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is not None and int(row[0]) > SCHEMA_VERSION:
-                raise GpuhubError(
-                    f"ledger {self.path} was written by a newer gpuhub (schema {row[0]}); upgrade gpuhub"
-                )
             # A new ledger gets every migration too: one path, tested on every run.
-            have = int(row[0]) if row is not None else 1
-            for version in range(have + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[version]:
+            for step in range(max(have, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
                     self.db.execute(statement)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _upgrade_in_memory(self, have: int) -> None:
+        """A read-only ledger of an older schema (or none yet), brought to this one in a copy in memory:
+        commands read every table as they expect, and nothing is written to the file."""
+        if not self.db.in_memory:
+            copy = _connect(":memory:")
+            self.db.backup(copy)
+            self.db.close()
+            self.db = _Guarded(copy, self.path)
+            self.db.row_factory = sqlite3.Row
+        for statement in _SCHEMA if have == 0 else []:
+            self.db.execute(statement)
+        for step in range(max(have, 1) + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                self.db.execute(statement)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -314,7 +430,7 @@ class Ledger:
                 db.execute("DELETE FROM failovers WHERE job_id = ?", (job_id,))
                 db.execute("UPDATE jobs SET attempt_of = NULL WHERE attempt_of = ?", (job_id,))
                 db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-                removed.append(_record(row))
+                removed.append(_record(row, self.path))
         return removed
 
     def start_failover(self, job_id: int, targets: list[dict[str, Any]], after: float) -> None:
@@ -345,7 +461,14 @@ class Ledger:
         row = self.db.execute("SELECT * FROM failovers WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             return None
-        return Failover(row["job_id"], json.loads(row["targets"]), row["after"], row["moving"], row["done"])
+        try:
+            targets = json.loads(row["targets"])
+            if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+                raise ValueError("targets is not a JSON list of objects")
+            return Failover(row["job_id"], targets, float(row["after"]), row["moving"], row["done"])
+        except (ValueError, TypeError) as exc:
+            raise LedgerError(f"ledger {self.path}: the failover of job {job_id} cannot be read "
+                              f"({shown(str(exc))}); {ADVICE}") from None
 
     def active_failovers(self) -> list[int]:
         return [r[0] for r in self.db.execute("SELECT job_id FROM failovers WHERE done IS NULL ORDER BY job_id")]
@@ -355,23 +478,23 @@ class Ledger:
         rows = self.db.execute(
             "SELECT * FROM jobs WHERE id = ? OR attempt_of = ? ORDER BY attempt, id", (job_id, job_id)
         )
-        return [_record(r) for r in rows]
+        return [_record(r, self.path) for r in rows]
 
     def get(self, job_id: int) -> JobRecord:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise GpuhubError(f"no job {job_id} in the ledger ({self.path}); see `gpuhub jobs`")
-        return _record(row)
+        return _record(row, self.path)
 
     def by_ref(self, site: str, scheduler_id: str) -> JobRecord | None:
         row = self.db.execute(
             "SELECT * FROM jobs WHERE site = ? AND scheduler_id = ?", (site, scheduler_id)
         ).fetchone()
-        return _record(row) if row else None
+        return _record(row, self.path) if row else None
 
     def by_token(self, token: str) -> JobRecord | None:
         row = self.db.execute("SELECT * FROM jobs WHERE token = ?", (token,)).fetchone()
-        return _record(row) if row else None
+        return _record(row, self.path) if row else None
 
     def jobs(self, site: str | None = None, active_only: bool = False, limit: int | None = None) -> list[JobRecord]:
         sql, args = "SELECT * FROM jobs", []
@@ -387,7 +510,7 @@ class Ledger:
         sql += " ORDER BY id DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [_record(r) for r in self.db.execute(sql, args)]
+        return [_record(r, self.path) for r in self.db.execute(sql, args)]
 
     def gpu_seconds(self) -> list[tuple[str, str, str, str, float]]:
         """GPU-seconds of finished jobs by (site, project, account, GPU model); aggregated in SQLite.
@@ -427,9 +550,101 @@ class Failover:
     done: str | None  # why no more moves will happen, once none will
 
 
-def _record(row: sqlite3.Row) -> JobRecord:
+def schema_of(columns: set[str]) -> int:
+    """The schema a ledger's jobs columns show (for a ledger whose schema_version was lost)."""
+    return 2 if set(COLUMNS_2) <= columns else 1
+
+
+def _record(row: sqlite3.Row, path: Path | None = None) -> JobRecord:
     data = dict(row)
-    data["request"] = json.loads(data["request"])
-    data["plan"] = json.loads(data["plan"])
-    data["state"] = State(data["state"])
-    return JobRecord(**data)
+    try:
+        data["request"] = json.loads(data["request"])
+        data["plan"] = json.loads(data["plan"])
+        if not isinstance(data["request"], dict) or not isinstance(data["plan"], dict):
+            raise ValueError("request or plan is not a JSON object")
+        data["state"] = State(data["state"])
+        return JobRecord(**data)
+    except (ValueError, TypeError, KeyError) as exc:
+        where = f"ledger {path}" if path else "the ledger"
+        raise LedgerError(f"{where}: job {data.get('id')} cannot be read ({shown(str(exc))}); {ADVICE}") from None
+
+
+def _connect(target: str | Path, uri: bool = False) -> sqlite3.Connection:
+    return sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False, uri=uri)
+
+
+def _check_magic(path: Path) -> None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise LedgerError(f"cannot read the ledger {path}: {exc.strerror or exc}") from None
+    if head and head != SQLITE_MAGIC:
+        raise LedgerError(f"ledger {path} is not an SQLite database (damaged, or another file); {ADVICE}")
+
+
+def _read_only_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, PermissionError) or "readonly" in text or "read-only" in text
+
+
+class _Guarded:
+    """The connection, with every SQLite failure turned into one :class:`LedgerError` line."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db, self._path = db, path
+        self.in_memory = not db.execute("PRAGMA database_list").fetchone()[2]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("_db", "_path", "in_memory"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._db, name, value)
+
+    def _error(self, exc: sqlite3.Error) -> GpuhubError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return GpuhubError(f"ledger {self._path} is busy (another gpuhub is writing); try again")
+        if _read_only_error(exc):
+            return LedgerError(f"ledger {self._path} is read-only; this command needs to record jobs")
+        return LedgerError(f"ledger {self._path} is damaged ({shown(text)}); {ADVICE}")
+
+    def execute(self, sql: str, args: Any = ()) -> Any:
+        try:
+            return _Rows(self._db.execute(sql, args), self)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def executemany(self, sql: str, args: Any) -> Any:
+        try:
+            return self._db.executemany(sql, args)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+
+class _Rows:
+    """A cursor whose row reads fail as the connection's do (a damaged page shows up while reading)."""
+
+    def __init__(self, cursor: sqlite3.Cursor, owner: _Guarded) -> None:
+        self._cursor, self._owner = cursor, owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise self._owner._error(exc) from None
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise self._owner._error(exc) from None

@@ -355,3 +355,14 @@ def _scheduler_limits(site: Site, req: JobRequest, nodes: int, launcher: str) ->
         )
     if req.array and not can.arrays:
         raise RequestError(f"job arrays are not available on site {site.name!r} ({kind})")
+    # Options the scheduler would never see: refuse them rather than drop them silently. --project
+    # stays allowed everywhere: gpuhub itself charges a job's GPU hours to it (ledger usage, exporter).
+    for given, able, option in (
+        (req.account, can.accounts, "--account"),
+        (req.qos, can.qos, "--qos"),
+        (req.directives, can.directives, "--directive"),
+    ):
+        if given and not able:
+            raise RequestError(
+                f"{option} has no effect on site {site.name!r} ({kind}): its scheduler has no such option"
+            )

@@ -55,7 +55,7 @@ def ledger_rows(site: Site, records: Iterable[object], since_epoch: float, now_e
 def collect_ledger(store: UsageStore, site: Site, start: str, end: str, out: Outcome, progress: Progress) -> None:
     from gpuhub.ledger import Ledger
 
-    ledger = Ledger()
+    ledger = Ledger(mode="read")  # collecting reads the ledger as it stands: never a write
     try:
         # The ledger as it stands: collecting never polls the site. A job still unfinished there
         # is stored as provisional, and finalised by a collection after `gpuhub status` saw it end.

@@ -45,14 +45,19 @@ class Filters:
     accounts: tuple[str, ...] = ()
 
 
-def open_store(url: str | None = None) -> UsageStore:
-    """``postgresql://...`` (or ``postgres://``), ``sqlite:///path``, or a plain file path."""
+def open_store(url: str | None = None, must_exist: bool = False) -> UsageStore:
+    """``postgresql://...`` (or ``postgres://``), ``sqlite:///path``, or a plain file path.
+
+    ``must_exist``: a missing SQLite file is an error instead of a new database (reports create nothing).
+    """
     url = url or default_url()
     if url.startswith(("postgresql://", "postgres://")):
         return UsageStore(_connect_pg(url), "postgresql", _redact(url))
     if "://" in url and not url.startswith("sqlite://"):
         raise ConfigError(f"usage database {_redact(url)!r}: give postgresql://..., sqlite:///PATH or a file path")
     path = Path(url.removeprefix("sqlite://")).expanduser() if url.startswith("sqlite://") else Path(url).expanduser()
+    if must_exist and not path.exists():
+        raise ConfigError(f"usage database {path} does not exist; `gpuhub usage collect` creates it (or check --db)")
     return UsageStore(_connect_sqlite(path), "sqlite", str(path))
 
 

@@ -45,6 +45,9 @@ class Capabilities:
     launchers: tuple[str, ...] = ("none", "torchrun")  # values of --launcher it can start
     connection: str = "required"  # "required", "optional" or "none": the site's `connection` block
     usage: bool = True  # collect_usage brings GPU hours into the accounting store
+    accounts: bool = True  # --account reaches the scheduler (--project is gpuhub's own: any site)
+    qos: bool = True  # --qos reaches the scheduler
+    directives: bool = True  # --directive lines reach the scheduler
     # Who stops a job at its walltime: "scheduler" (sbatch --time...) or "gpuhub" (no scheduler:
     # gpuhub's own watchdog, only when a time was asked for or set by the site).
     time_limit: str = "scheduler"

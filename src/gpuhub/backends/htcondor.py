@@ -98,7 +98,7 @@ def _context(alloc: Allocation, token: str | None) -> dict[str, Any]:
 
 class HTCondorBackend(Backend):
     name = "htcondor"
-    capabilities = Capabilities(arrays=True, connection="optional")
+    capabilities = Capabilities(arrays=True, connection="optional", qos=False)
     files: ClassVar[dict[str, str]] = {"job.sub": "htcondor.sub.j2", "job.sh": "htcondor.sh.j2"}
     plain_files = frozenset({"job.sub"})  # a submit description: shell quoting means nothing there
     usage_source = "condor_history"

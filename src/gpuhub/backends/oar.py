@@ -138,7 +138,7 @@ def script_path(log_dir: str, job_name: str, token: str) -> str:
 class OarBackend(Backend):
     name = "oar"
     capabilities = Capabilities(multi_node=True, arrays=True, dependencies=True, requeue=True,
-                                launchers=("none", "torchrun"))
+                                launchers=("none", "torchrun"), qos=False)  # OAR has queues (-q), no QoS
     files: ClassVar[dict[str, str]] = {"job.oar": "oar.sh.j2"}
     usage_source = "oarstat"
 

@@ -157,7 +157,8 @@ class LocalBackend(ShellBackend):
     """This machine."""
 
     name = "local"
-    capabilities = Capabilities(connection="none", time_limit="gpuhub")
+    capabilities = Capabilities(connection="none", time_limit="gpuhub", accounts=False, qos=False,
+                                directives=False)
 
     def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
         """Absolute: on this machine they mean the same file whatever ``HOME`` is later."""
@@ -169,7 +170,8 @@ class SSHBackend(ShellBackend):
     """A machine reached over SSH (a lab GPU server)."""
 
     name = "ssh"
-    capabilities = Capabilities(connection="required", time_limit="gpuhub")
+    capabilities = Capabilities(connection="required", time_limit="gpuhub", accounts=False, qos=False,
+                                directives=False)
 
 
 def _ids(ids: list[str]) -> str:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("gpuhub.cli.jobs:jobs", "List recorded jobs (no site contacted)."),
     "logs": ("gpuhub.cli.jobs:logs", "Print or follow a job's log."),
     "cancel": ("gpuhub.cli.jobs:cancel", "Cancel jobs."),
+    "ledger": ("gpuhub.cli.ledger:ledger", "Check the ledger of submitted jobs and repair it."),
     "usage": ("gpuhub.cli.usage:usage", "Collect GPU-hour accounting and report it."),
     "exporter": ("gpuhub.cli.exporter:exporter", "Serve Prometheus metrics for the configured sites."),
 }

@@ -140,6 +140,8 @@ def advance_due(ledger: Any) -> None:
     """Move any failover that is due (a lost watcher only delays a move)."""
     from gpuhub.broker.failover import advance
 
+    if ledger.read_only:  # a move submits and cancels jobs: never without recording it
+        return
     for job_id in ledger.active_failovers():
         try:
             advance(ledger, job_id)

@@ -164,7 +164,7 @@ def _after(opts: dict[str, Any]) -> str | None:
         raise click.UsageError("give --after or --dependency, not both")
     from gpuhub.jobs import resolve
 
-    ledger = _ledger()
+    ledger = _ledger("read")
     ids = []
     for ref in refs:
         record = resolve(ref, ledger)
@@ -302,10 +302,15 @@ def _write_files(output_dir: Path, files: dict[str, str]) -> None:
 # --- commands that send and follow jobs --------------------------------------------------------
 
 
-def _ledger() -> Any:
+def _ledger(mode: str = "write") -> Any:
+    """The ledger: ``write`` for commands that record jobs, ``read`` for those that only show them,
+    ``auto`` for status (on a read-only ledger it polls and shows, and says nothing is saved)."""
     from gpuhub.ledger import Ledger
 
-    return Ledger()
+    ledger = Ledger(mode=mode)
+    if ledger.read_only and mode == "auto":
+        note(f"gpuhub: ledger {ledger.path} is read-only: states are shown, not saved, and no failover moves")
+    return ledger
 
 
 def _age(ts: float | None) -> str:
@@ -460,7 +465,7 @@ def status(refs: tuple[str, ...], watch: bool, interval: float, as_json: bool) -
 
     from gpuhub import jobs as jobs_api
 
-    ledger = _ledger()
+    ledger = _ledger("auto")
     advance_due(ledger)
     records = [jobs_api.resolve(r, ledger) for r in refs] if refs else ledger.jobs(active_only=True)
     while True:
@@ -505,7 +510,7 @@ def jobs(ctx: click.Context, site: str | None, active: bool, limit: int, as_json
     """
     if ctx.invoked_subcommand:
         return
-    records = _ledger().jobs(site=site, active_only=active, limit=limit or None)
+    records = _ledger("read").jobs(site=site, active_only=active, limit=limit or None)
     if as_json:
         emit_json([r.to_dict() for r in records])
     elif records:
@@ -621,7 +626,7 @@ def logs(ref: str, follow: bool, use_stderr: bool) -> None:
     """
     from gpuhub import jobs as jobs_api
 
-    ledger = _ledger()
+    ledger = _ledger("read")
     record = jobs_api.resolve(ref, ledger)
     if not follow:
         click.echo(jobs_api.read_log(record, use_stderr), nl=False)
@@ -650,8 +655,9 @@ def cancel(refs: tuple[str, ...]) -> None:
       gpuhub cancel 42 43 jean-zay:123456
     """
     from gpuhub import jobs as jobs_api
+    from gpuhub.ledger import ledger_path
 
-    ledger = _ledger()
+    ledger = _ledger("write" if ledger_path().exists() else "read")  # no ledger, no job: create none
     records = [jobs_api.resolve(r, ledger) for r in refs]
     jobs_api.cancel(records, ledger)
     for rec in records:

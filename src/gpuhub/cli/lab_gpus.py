@@ -22,7 +22,7 @@ def job_namer() -> Callable[[str], str]:
     from gpuhub.ledger import Ledger
 
     try:
-        ledger = Ledger()
+        ledger = Ledger(mode="read")
     except Exception:  # no ledger to read: tokens it is
         return lambda lock_token: lock_token.partition(".")[0]
 

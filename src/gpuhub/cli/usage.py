@@ -225,7 +225,7 @@ def report(by: list[str], since: str | None, until: str | None, sites: tuple[str
         raise click.BadParameter("--since must be before --until", param_hint="--since")
     filters = Filters(_split(sites), _split(projects), _split(users), _split(accounts))
     factors = SiteFactors() if normalized else None
-    with open_store(db) as store:
+    with open_store(db, must_exist=True) as store:
         _check_filters(filters, store.known_values())
         result = build_report(store, by, filters, since, until, factors, top=top)
         charts = chart_reports(store, filters, since, until, factors) if fmt == "html" else None

@@ -85,7 +85,8 @@ def on_hosts(hosts: list[LabHost], work: Callable[[LabHost], T]) -> dict[str, T 
 class LabBackend(SSHBackend):
     """Lab GPU servers: :class:`SSHBackend` jobs that reserve their GPUs before they run."""
 
-    capabilities = Capabilities(connection="required", gpu_locks=True, time_limit="gpuhub")
+    capabilities = Capabilities(connection="required", gpu_locks=True, time_limit="gpuhub", accounts=False,
+                                qos=False, directives=False)
 
     def __init__(self) -> None:
         self._notes: dict[str, list[str]] = {}  # token -> where the job went and why

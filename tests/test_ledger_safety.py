@@ -1,0 +1,135 @@
+"""A damaged, foreign or read-only ledger: clear errors, `gpuhub ledger check` / `repair`, and commands
+that only read never write or create anything. Through the real command line."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bad_inputs import HEALTHY_ROWS, LEDGERS, cli, healthy_ledger
+
+ROW_DAMAGE = ["unknown-state", "bad-json", "null-plan", "schema-text", "no-meta"]
+FILE_DAMAGE = ["garbage", "truncated", "corrupt-page", "foreign-schema"]
+
+
+def _ledger(home: Path, kind: str) -> Path:
+    path = home / "data" / "ledger.sqlite"
+    path.parent.mkdir(parents=True)
+    LEDGERS[kind](path)
+    return path
+
+
+def _tokens(path: Path) -> set[str]:
+    db = sqlite3.connect(path)
+    try:
+        return {r[0] for r in db.execute("SELECT token FROM jobs")}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("kind", ROW_DAMAGE + FILE_DAMAGE)
+def test_check_finds_damage_and_repair_keeps_every_readable_row(tmp_path, kind):
+    path = _ledger(tmp_path, kind)
+    original = path.read_bytes()
+    check = cli(["ledger", "check", "--json"], tmp_path)
+    assert check.returncode == 2, check.stderr
+    assert json.loads(check.stdout)["problems"]
+    assert path.read_bytes() == original  # check changes nothing
+
+    repair = cli(["ledger", "repair", "--json"], tmp_path)
+    assert repair.returncode == 0, repair.stderr
+    report = json.loads(repair.stdout)
+    assert Path(report["backup"]).read_bytes() == original  # backed up first, byte for byte
+    if kind in ROW_DAMAGE:
+        assert report["rows"] == HEALTHY_ROWS and len(_tokens(path)) == HEALTHY_ROWS  # no readable row lost
+    assert cli(["ledger", "check"], tmp_path).returncode == 0
+    listed = cli(["jobs", "-n", "0", "--json"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == report["rows"]
+    if kind == "unknown-state":
+        fixed = next(j for j in json.loads(listed.stdout) if j["id"] == HEALTHY_ROWS)
+        assert fixed["state"] == "unknown" and "exploded" in fixed["reason"]
+
+
+def test_repair_of_a_sound_ledger_changes_nothing(tmp_path):
+    path = _ledger(tmp_path, "healthy")
+    before = path.read_bytes()
+    result = cli(["ledger", "repair"], tmp_path)
+    assert result.returncode == 0 and "nothing to repair" in result.stdout
+    assert path.read_bytes() == before and not list(path.parent.glob("*.broken-*"))
+
+
+def test_newer_ledger_is_not_repaired(tmp_path):
+    path = _ledger(tmp_path, "schema-99")
+    before = path.read_bytes()
+    result = cli(["ledger", "repair"], tmp_path)
+    assert result.returncode != 0 and "newer gpuhub" in result.stderr
+    assert path.read_bytes() == before
+
+
+def test_read_only_ledger_still_serves_jobs_and_status(tmp_path):
+    path = _ledger(tmp_path, "healthy")
+    before = path.read_bytes()
+    listed = cli(["jobs", "-n", "0", "--json"], tmp_path, read_only=True)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == HEALTHY_ROWS
+    status = cli(["status", "1", "2", "--json"], tmp_path, read_only=True)
+    assert status.returncode == 0, status.stderr
+    assert [j["id"] for j in json.loads(status.stdout)] == [1, 2]
+    assert "read-only" in status.stderr
+    logs = cli(["ledger", "check"], tmp_path, read_only=True)
+    assert logs.returncode == 0, logs.stderr
+    submit = cli(["submit", "--", "true"], tmp_path, read_only=True)
+    assert submit.returncode == 2 and "read-only" in submit.stderr and "Traceback" not in submit.stderr
+    assert path.read_bytes() == before
+
+
+def test_read_only_wal_ledger_without_its_shm_file(tmp_path):
+    """A WAL ledger left with a -wal file on a read-only mount: read through, nothing lost."""
+    path = _ledger(tmp_path, "healthy")
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("UPDATE jobs SET name = 'fresh' WHERE id = 1")
+    db.commit()
+    keep = sqlite3.connect(path)  # a reader keeps the -wal file from being checkpointed away
+    keep.execute("SELECT 1").fetchall()
+    listed = cli(["jobs", "-n", "0", "--json"], tmp_path, read_only=True)
+    keep.close()
+    db.close()
+    assert listed.returncode == 0, listed.stderr
+    assert next(j for j in json.loads(listed.stdout) if j["id"] == 1)["name"] == "fresh"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["jobs"], ["jobs", "--json"], ["status"], ["logs", "1"], ["cancel", "1"], ["sites", "list"],
+     ["render", "--", "true"], ["ledger", "check"], ["usage", "report", "--db", "{home}/nonexistent/dir/x.db"]],
+)
+def test_read_only_commands_create_no_files(tmp_path, argv):
+    home = tmp_path / "home"
+    home.mkdir()
+    cli(argv, home)
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
+
+
+def test_damaged_ledger_error_names_file_and_what_to_do(tmp_path):
+    path = _ledger(tmp_path, "garbage")
+    result = cli(["status"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert str(path) in result.stderr and "gpuhub ledger repair" in result.stderr
+
+
+def test_a_fresh_ledger_is_created_by_submit(tmp_path):
+    result = cli(["submit", "--", "true"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "data" / "ledger.sqlite"
+    assert cli(["ledger", "check"], tmp_path).returncode == 0
+    healthy = tmp_path / "other.sqlite"
+    healthy_ledger(healthy)
+    assert cli(["ledger", "check", "--ledger", str(healthy)], tmp_path).returncode == 0
+    assert path.exists()
