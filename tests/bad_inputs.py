@@ -364,6 +364,11 @@ CASES: list[Case] = [
     Case("env-bad-name", 6, ("render", "-e", "1A=b", *CMD), ("--env",)),
     Case("name-control", 6, ("render", "--name", "\x1b[2J" * 100, "--gpus", "-1", *CMD), ("--gpus",)),
     Case("name-huge", 6, ("render", "--name", "n" * 100000, *CMD), ("--name",)),
+    Case("script-dev-zero", 6, ("render", "--script", "/dev/zero"), ("--script",)),
+    Case("script-huge", 6, ("render", "--script", "{home}/big.sh"), ("--script",), files={"big.sh": "#" * (5 << 20)}),
+    Case("validate-dev-zero", 4, ("sites", "validate", "/dev/zero"), ("/dev/zero",)),
+    Case("site-file-huge", 4, ("render", "--site", "big", *CMD), ("big.yaml",),
+         files={"config/sites/big.yaml": _site("big", "description: '" + "x" * (2 << 20) + "'\n")}),
     Case("script-binary", 6, ("render", "--script", "{home}/bin.sh"), ("--script",),
          files={"bin.sh": b"\xff\xfe\x00binary"}),
     # 7. contradictory requests
@@ -381,8 +386,14 @@ CASES: list[Case] = [
     Case("log-dir-escape", 7, ("render", "--site", "ld", *CMD), ("ld.yaml", "log_dir"),
          files={"config/sites/ld.yaml": _site("ld", "log_dir: ../../../../etc\n")}),
     # 8. staging
-    Case("stage-symlink-outside", 8, ("submit", "--site", "local", "--stage", "{home}/proj", "--dry-run", *CMD),
+    Case("stage-symlink-outside", 8, ("submit", "--site", "lab-server-example", "--stage", "{home}/proj",
+                                      "--dry-run", *CMD),
          ("leak", "--follow-symlinks"), files={"proj/a.py": "x", "outside/secret": "key"}),
+    Case("stage-not-utf8-name", 8, ("submit", "--site", "lab-server-example", "--stage", "{home}/proj",
+                                    "--dry-run", *CMD), ("not UTF-8",), files={"proj/a.py": "x"}),
+    Case("stage-link-to-ssh-key", 8, ("submit", "--site", "lab-server-example", "--stage", "{home}/proj",
+                                      "--dry-run", *CMD), ("id_ed25519", "--follow-symlinks"),
+         files={"proj/a.py": "x", ".ssh/id_ed25519": "PRIVATE"}),
     # 9. control characters and read-only commands
     Case("usage-report-nonexistent-db", 9, ("usage", "report", "--db", "{home}/nonexistent/dir/x.db"),
          ("x.db",), absent=("nonexistent",)),
@@ -392,6 +403,8 @@ CASES: list[Case] = [
 # Symlink and non-UTF-8 file names cannot be written through `files`: made here.
 SETUP: dict[str, Callable[[Path], None]] = {
     "stage-symlink-outside": lambda home: (home / "proj" / "leak").symlink_to(home / "outside" / "secret"),
+    "stage-not-utf8-name": lambda home: (home / "proj" / os.fsdecode(b"r\xe9sultat.txt")).write_text("x"),
+    "stage-link-to-ssh-key": lambda home: (home / "proj" / "deploy_key").symlink_to(home / ".ssh" / "id_ed25519"),
 }
 
 

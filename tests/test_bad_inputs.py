@@ -7,12 +7,8 @@ import pytest
 
 from bad_inputs import CASES, run_case
 
-# Refused cleanly by the next change (staging links); strict, so it is noticed the moment it passes.
-NOT_YET = {"stage-symlink-outside"}
-PARAMS = [pytest.param(c, marks=pytest.mark.xfail(strict=True)) if c.id in NOT_YET else c for c in CASES]
 
-
-@pytest.mark.parametrize("case", PARAMS, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_cleanly(case):
     outcome = run_case(case)
     assert outcome.ok, f"{case.id}: {'; '.join(outcome.problems)}\nstdout: {outcome.stdout[-800:]}\n" \

@@ -133,3 +133,21 @@ def test_a_fresh_ledger_is_created_by_submit(tmp_path):
     healthy_ledger(healthy)
     assert cli(["ledger", "check", "--ledger", str(healthy)], tmp_path).returncode == 0
     assert path.exists()
+
+
+def test_control_characters_are_escaped_in_tables_and_site_descriptions(tmp_path):
+    _ledger(tmp_path, "escape-name")
+    for argv in (["jobs"], ["status", str(HEALTHY_ROWS)]):
+        result = cli(argv, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+        assert "\\x1b]0;pwned" in result.stdout
+    sites = tmp_path / "config" / "sites"
+    sites.mkdir(parents=True)
+    (sites / "esc.yaml").write_text(
+        'scheduler: local\ndescription: "\\e[2J\\e]0;owned\\a"\npartitions: {d: {gpus_per_node: 0}}\n'
+    )
+    for argv in (["sites", "show", "esc"], ["sites", "list"]):
+        result = cli(argv, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\\x1b[2J" in result.stdout

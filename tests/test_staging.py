@@ -20,7 +20,7 @@ import pytest
 import gpuhub.transport
 from gpuhub.errors import GpuhubError
 from gpuhub.registry import load_site
-from gpuhub.staging import DEFAULT_EXCLUDES, StageError, StageResult, remote_dir_for, stage
+from gpuhub.staging import DEFAULT_EXCLUDES, StageError, StageResult, check_local, remote_dir_for, stage
 from gpuhub.transport.base import Transport, TransportError, Upload
 from gpuhub.transport.local import LocalTransport
 
@@ -266,7 +266,7 @@ def test_delete_removes_what_was_deleted_locally(site: Site, tmp_path: Path) -> 
     dirs = site.transport.run(["find", site.remote_dir, "-type", "d", "-printf", "%P\\n"]).stdout.split()
     assert "old" not in dirs and "old/module" not in dirs  # emptied directories go too
     assert "keep" in dirs  # still exists locally (empty): left alone
-    assert stage(site.transport, local, site.remote_dir, delete=True).deleted == 0
+    assert stage(site.transport, local, site.remote_dir, delete=True, follow_symlinks=True).deleted == 0
 
 
 def test_gpuhubignore_and_extra_excludes(site: Site, tmp_path: Path) -> None:
@@ -308,13 +308,15 @@ def test_symlinks(site: Site, tmp_path: Path) -> None:
     (local / "shared.py").symlink_to(tmp_path / "outside/shared.py")
     (local / "datasets").symlink_to(tmp_path / "outside/datasets")
     (local / "dangling.py").symlink_to(tmp_path / "nowhere.py")
-    result = stage(site.transport, local, site.remote_dir)
+    with pytest.raises(StageError, match=r"shared\.py is a symbolic link"):  # outside: asked for explicitly
+        stage(site.transport, local, site.remote_dir)
+    result = stage(site.transport, local, site.remote_dir, follow_symlinks=True)
     assert site.files() == {"real.py", "alias.py", "shared.py"}
     assert site.text("alias.py") == "real\n" and site.text("shared.py") == "shared\n"
     assert result.links_skipped == ("dangling.py", "datasets")
     # A directory of the same name made on the site (the job's own dataset link) is never deleted.
     site.transport.put_text(site.path("datasets/cached.npy"), "c")
-    assert stage(site.transport, local, site.remote_dir, delete=True).deleted == 0
+    assert stage(site.transport, local, site.remote_dir, delete=True, follow_symlinks=True).deleted == 0
     assert "datasets/cached.npy" in site.files()
 
 
@@ -449,3 +451,44 @@ def test_many_small_files(site: Site, tmp_path: Path, capsys: pytest.CaptureFixt
             f"\nstaging {count} small files ({first.bytes_sent} bytes) over {site.kind}: "
             f"first {first_s:.2f} s, unchanged {second_s:.2f} s"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile or careless project directories
+# --------------------------------------------------------------------------------------------
+
+
+def test_link_outside_the_directory_is_refused_unless_asked(site: Site, tmp_path: Path) -> None:
+    local = tmp_path / "proj"
+    write(local / "train.py", "x\n")
+    write(tmp_path / "dot-ssh/id_ed25519", "PRIVATE KEY\n")
+    (local / "key").symlink_to(tmp_path / "dot-ssh/id_ed25519")
+    with pytest.raises(StageError, match=r"key is a symbolic link to .*id_ed25519.*--follow-symlinks"):
+        stage(site.transport, local, site.remote_dir)
+    assert not site.transport.run(["test", "-e", site.remote_dir], check=False).ok  # nothing was sent
+    assert check_local(local, follow_symlinks=True) == 2
+    stage(site.transport, local, site.remote_dir, follow_symlinks=True)
+    assert site.text("key") == "PRIVATE KEY\n"
+
+
+def test_gpuhubignore_with_a_byte_order_mark(site: Site, tmp_path: Path) -> None:
+    local = tmp_path / "proj"
+    write(local / "train.py", "x\n")
+    write(local / "secret.env", "TOKEN=1\n")
+    (local / ".gpuhubignore").write_bytes("\ufeffsecret.env\n".encode())
+    stage(site.transport, local, site.remote_dir)
+    assert site.files() == {"train.py", ".gpuhubignore"}
+
+
+def test_name_that_is_not_utf8_is_refused_and_never_breaks_a_later_stage(site: Site, tmp_path: Path) -> None:
+    local = tmp_path / "proj"
+    write(local / "train.py", "x\n")
+    bad = os.fsdecode(b"caf\xe9.txt")
+    (local / bad).write_text("latin-1 name\n")
+    with pytest.raises(StageError, match=r"caf\\xe9.txt: its name is not UTF-8"):
+        stage(site.transport, local, site.remote_dir)
+    stage(site.transport, local, site.remote_dir, extra_excludes=["caf*.txt"])
+    # A file the job itself made with such a name on the site: the next stage still works.
+    site.transport.run(["sh", "-c", 'printf x > "$1"/"$(printf "r\\351sultat")"', "sh", site.remote_dir])
+    again = stage(site.transport, local, site.remote_dir, extra_excludes=["caf*.txt"])
+    assert again.sent == 0

@@ -15,6 +15,8 @@ import yaml
 from gpuhub import yaml_limits
 from gpuhub.errors import ConfigError, shown
 
+MAX_FILE_BYTES = 1 << 20  # a site file; the largest shipped one is a few KiB
+
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """Safe loader that refuses duplicate keys (a silent override is an admin's worst bug)."""
@@ -60,6 +62,8 @@ _Loader.add_implicit_resolver(
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse one site file; any problem becomes a one-line ConfigError naming file and line."""
     try:
+        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:  # /dev/zero, a 2 GB mistake
+            raise ConfigError(f"{path}: not a site file (a regular file of at most {MAX_FILE_BYTES >> 20} MiB)")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None

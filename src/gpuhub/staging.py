@@ -17,8 +17,11 @@ anchors it to the top of the staged directory. A ``.gpuhubignore`` file at the t
 patterns, one a line (blank lines and ``#`` comments ignored; ``!`` negation is not
 supported).
 
-Symbolic links: a link to a file is followed (its content is sent); links to directories
-and dangling links are skipped and listed in :attr:`StageResult.links_skipped`.
+Symbolic links: a link to a file inside the staged directory is followed (its content is sent);
+a link to a file outside it is refused (a link to ``~/.ssh/id_ed25519`` would send the key) unless
+``follow_symlinks`` is set; links to directories and dangling links are skipped and listed in
+:attr:`StageResult.links_skipped`. A file name that is not UTF-8 is refused: the site's listing
+could not name it back.
 
 With ``delete=True`` remote files that no longer exist locally are removed, in one command,
 together with directories left empty by that. Excluded paths and skipped links are never
@@ -151,7 +154,7 @@ def read_ignore_file(local_dir: Path) -> list[str]:
     """The patterns of ``local_dir/.gpuhubignore`` (none if it does not exist)."""
     path = local_dir / IGNORE_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not part of a pattern
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
@@ -159,8 +162,11 @@ def read_ignore_file(local_dir: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _scan(root: Path, excluder: _Excluder) -> tuple[dict[str, _LocalFile], set[str], list[str], int]:
+def _scan(
+    root: Path, excluder: _Excluder, follow_symlinks: bool = False
+) -> tuple[dict[str, _LocalFile], set[str], list[str], int]:
     """Files (relative posix path -> facts), directories, skipped links and the excluded count."""
+    inside = os.path.realpath(root)
     files: dict[str, _LocalFile] = {}
     dirs: set[str] = set()
     links: list[str] = []
@@ -181,6 +187,7 @@ def _scan(root: Path, excluder: _Excluder) -> tuple[dict[str, _LocalFile], set[s
             if excluder.match(rel, True):
                 excluded += 1
                 continue
+            _check_name(rel, root)
             keep.append(name)
             dirs.add(rel)
         dirnames[:] = keep
@@ -190,6 +197,7 @@ def _scan(root: Path, excluder: _Excluder) -> tuple[dict[str, _LocalFile], set[s
             if excluder.match(rel, False):
                 excluded += 1
                 continue
+            _check_name(rel, root)
             try:
                 info = os.stat(full)  # follows a link to a file
             except FileNotFoundError:
@@ -202,8 +210,45 @@ def _scan(root: Path, excluder: _Excluder) -> tuple[dict[str, _LocalFile], set[s
                 continue
             if not stat.S_ISREG(info.st_mode):
                 continue  # sockets, FIFOs, devices
+            if not follow_symlinks and os.path.islink(full):
+                _check_link(full, rel, root, inside)
             files[rel] = _LocalFile(full, info.st_size, info.st_mtime, stat.S_IMODE(info.st_mode) & _MODE_MASK)
     return files, dirs, links, excluded
+
+
+def _check_name(rel: str, root: Path) -> None:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise StageError(
+            f"cannot stage {root}/{shown}: its name is not UTF-8; rename it, or exclude it in {IGNORE_FILE}"
+        ) from None
+
+
+def _check_link(full: str, rel: str, root: Path, inside: str) -> None:
+    target = os.path.realpath(full)
+    if os.path.commonpath([inside, target]) != inside:
+        raise StageError(
+            f"{root}/{rel} is a symbolic link to {target}, outside {root}: not sent (a key or a secret "
+            f"could leak); exclude it in {IGNORE_FILE}, or pass --follow-symlinks to send what it points to"
+        )
+
+
+def check_local(local_dir: Path, follow_symlinks: bool = False) -> int:
+    """What :func:`stage` checks before sending anything (for a dry run): the number of files it would consider."""
+    root = _root(local_dir)
+    files, _, _, _ = _scan(root, _Excluder([*DEFAULT_EXCLUDES, *read_ignore_file(root)]), follow_symlinks)
+    return len(files)
+
+
+def _root(local_dir: Path) -> Path:
+    root = Path(local_dir).expanduser()
+    if not root.exists():
+        raise StageError(f"cannot stage {local_dir}: no such directory")
+    if not root.is_dir():
+        raise StageError(f"cannot stage {local_dir}: not a directory")
+    return root
 
 
 def _walk(root: Path, onerror: Callable[[OSError], NoReturn]) -> Iterator[tuple[str, list[str], list[str], str]]:
@@ -252,6 +297,7 @@ def stage(
     excludes: Sequence[str] = DEFAULT_EXCLUDES,
     extra_excludes: Sequence[str] = (),
     delete: bool = False,
+    follow_symlinks: bool = False,
 ) -> StageResult:
     """Bring ``remote_dir`` on the site up to date with ``local_dir``; see the module docstring.
 
@@ -260,14 +306,10 @@ def stage(
     directory, and a :class:`~gpuhub.errors.GpuhubError` naming the file when an upload fails.
     """
     start = time.monotonic()
-    root = Path(local_dir).expanduser()
-    if not root.exists():
-        raise StageError(f"cannot stage {local_dir}: no such directory")
-    if not root.is_dir():
-        raise StageError(f"cannot stage {local_dir}: not a directory")
+    root = _root(local_dir)
     target = _normalize_remote(remote_dir if remote_dir is not None else remote_dir_for(root))
     excluder = _Excluder([*excludes, *extra_excludes, *read_ignore_file(root)])
-    local, local_dirs, links, excluded = _scan(root, excluder)
+    local, local_dirs, links, excluded = _scan(root, excluder, follow_symlinks)
 
     remote = _remote_listing(transport, target)
     changed = [rel for rel, facts in local.items() if remote.get(rel) != (facts.size, int(facts.mtime), facts.mode)]

@@ -26,6 +26,7 @@ from gpuhub.errors import RequestError, shown
 from gpuhub.limits import MAX_CPUS, MAX_GPUS, MAX_GPUS_PER_NODE, MAX_INTERVAL, MAX_LIST_LIMIT, MAX_NODES
 
 DEFAULT_SITE = "local"
+MAX_SCRIPT_BYTES = 4 << 20  # --script FILE: it is written into the job script
 
 # request field -> the option a user typed, so errors speak the user's language
 OPTION_OF = {
@@ -192,6 +193,9 @@ def build_request(opts: dict[str, Any]) -> Any:
         fields["workdir"] = os.getcwd()  # a site without a connection runs here: run where the user stands
     if script is not None:
         try:
+            if not Path(script).is_file() or Path(script).stat().st_size > MAX_SCRIPT_BYTES:
+                raise click.BadParameter(f"{script}: not a regular file of at most {MAX_SCRIPT_BYTES >> 20} MiB",
+                                         param_hint="--script")
             fields["script"] = Path(script).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise click.BadParameter(f"{script}: cannot read as text: {exc}", param_hint="--script") from None
@@ -325,10 +329,10 @@ def _age(ts: float | None) -> str:
     return f"{secs}s"
 
 
-def _staged(opts: dict[str, Any], local_dir: Path, send: bool) -> dict[str, Any]:
-    """Upload ``local_dir`` to the site (unless this is a dry run); the job runs there by default."""
+def _staged(opts: dict[str, Any], local_dir: Path, send: bool, follow_symlinks: bool = False) -> dict[str, Any]:
+    """Upload ``local_dir`` to the site (a dry run only checks it); the job runs there by default."""
     from gpuhub.registry import load_site
-    from gpuhub.staging import remote_dir_for, stage
+    from gpuhub.staging import check_local, remote_dir_for, stage
 
     site = load_site(opts["site"])
     if site.connection is None:  # the job runs on this machine: nothing to upload
@@ -336,11 +340,12 @@ def _staged(opts: dict[str, Any], local_dir: Path, send: bool) -> dict[str, Any]
     elif send:
         from gpuhub.transport import transport_for
 
-        result = stage(transport_for(site), local_dir)
+        result = stage(transport_for(site), local_dir, follow_symlinks=follow_symlinks)
         remote = f"~/{result.remote_dir}"
         note(f"gpuhub: staged {local_dir} to {site.name}:{remote}: {result.sent} file(s) sent "
              f"({result.bytes_sent} bytes), {result.skipped} unchanged, {result.seconds:.2f} s")
     else:
+        check_local(local_dir, follow_symlinks)
         remote = f"~/{remote_dir_for(local_dir)}"
     return {**opts, "workdir": opts.get("workdir") or remote}
 
@@ -365,9 +370,11 @@ def _job_rows(records: list[Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded job as JSON.")
 @click.option("--stage", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Upload this local directory first (changed files only) and run the job in it.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="With --stage: send what symbolic links outside the directory point to (refused otherwise).")
 @broker_options
 @failover_option
-def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts: Any) -> None:
+def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, follow_symlinks: bool, **opts: Any) -> None:
     """Submit a job to a site and record it in the ledger.
 
     \b
@@ -386,7 +393,7 @@ def submit(dry_run: bool, wait: bool, as_json: bool, stage: Path | None, **opts:
     if wants_broker(opts) and not dry_run:
         opts, targets = choose_site(opts, build_request)
     if stage is not None:
-        opts = _staged(opts, stage, send=not dry_run)
+        opts = _staged(opts, stage, send=not dry_run, follow_symlinks=follow_symlinks)
     if dry_run:
         ctx = click.get_current_context()
         ctx.invoke(render, as_json=as_json, output_dir=None, **opts)

@@ -19,7 +19,8 @@ def emit_json(data: Any) -> None:
 
 def note(message: str) -> None:
     """A remark for the person at the terminal, kept off stdout so pipes stay clean."""
-    click.echo(message, err=True, color=sys.stderr.isatty())
+    text = "\n".join(printable(line) for line in message.split("\n"))
+    click.echo(text, err=True, color=sys.stderr.isatty())
 
 
 def complete_site(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from gpuhub import registry
-from gpuhub.cli.output import complete_site, emit_json, note, table
+from gpuhub.cli.output import complete_site, emit_json, note, printable, table
 from gpuhub.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ def show_cmd(site: str, as_json: bool) -> None:
         # Exactly a site file (valid against `gpuhub sites schema`); `sites list --json` names the files.
         emit_json(entry.views["json"])
         return
-    click.echo(entry.views["text"])
+    # A site file is data from elsewhere: its text must not drive the terminal.
+    click.echo("\n".join(printable(line) for line in entry.views["text"].split("\n")))
 
 
 @sites.command("validate")

@@ -29,6 +29,7 @@ class LocalTransport(Transport):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                errors="replace",  # a file name that is not UTF-8 must not break a listing (as over SSH)
                 start_new_session=True,
                 cwd=Path.home(),
             )
