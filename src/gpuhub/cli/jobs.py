@@ -633,7 +633,7 @@ def logs(ref: str, follow: bool, use_stderr: bool) -> None:
     """
     from gpuhub import jobs as jobs_api
 
-    ledger = _ledger("read")
+    ledger = _ledger("auto")
     record = jobs_api.resolve(ref, ledger)
     if not follow:
         click.echo(jobs_api.read_log(record, use_stderr), nl=False)
