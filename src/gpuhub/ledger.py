@@ -186,7 +186,7 @@ class Ledger:
     """The jobs store.
 
     ``mode="write"`` (submit, cancel) creates the file if needed and refuses a ledger it cannot
-    write. ``mode="read"`` (jobs, logs) never writes nor creates anything: a missing ledger reads as
+    write. ``mode="read"`` (jobs) never writes nor creates anything: a missing ledger reads as
     empty. ``mode="auto"`` (status, logs) writes when it can; on a read-only ledger it works on a copy in
     memory, so states are shown fresh but not saved (``read_only`` tells which).
     A damaged or foreign file raises :class:`LedgerError` naming it and what to do.
