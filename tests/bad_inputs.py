@@ -69,15 +69,31 @@ def healthy_ledger(path: Path, *, name: str = "train", state: str = "completed",
     db.close()
 
 
-def _sql(statement: str) -> Callable[[Path], None]:
+# Schema 2 (failover between sites): job 39 is the second attempt of job 38, whose failover is done.
+LEDGER_SCHEMA_2 = """
+ALTER TABLE jobs ADD COLUMN attempt_of INTEGER REFERENCES jobs(id);
+ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX jobs_attempt_of ON jobs (attempt_of);
+CREATE TABLE failovers (job_id INTEGER PRIMARY KEY REFERENCES jobs(id), targets TEXT NOT NULL, after REAL NOT NULL,
+    moving INTEGER, done TEXT, updated_at REAL NOT NULL);
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+UPDATE jobs SET attempt_of = 38, attempt = 2 WHERE id = 39;
+INSERT INTO failovers VALUES (38, '[{"site": "local"}, {"site": "local"}]', 60, NULL, 'attempt 2 ran', 0);
+"""
+
+
+def _sql(statement: str, base: Callable[[Path], None] = healthy_ledger) -> Callable[[Path], None]:
     def build(path: Path) -> None:
-        healthy_ledger(path)
+        base(path)
         db = sqlite3.connect(path)
         db.executescript(statement)
         db.commit()
         db.close()
 
     return build
+
+
+healthy_ledger_2 = _sql(LEDGER_SCHEMA_2)  # as gpuhub writes it since failover: attempts and a failover
 
 
 def _truncated(path: Path) -> None:
@@ -119,6 +135,12 @@ LEDGERS: dict[str, Callable[[Path], None]] = {
     "schema-text": _sql("UPDATE meta SET value = 'one' WHERE key = 'schema_version'"),
     "no-meta": _sql("DROP TABLE meta"),
     "null-plan": _sql(f"UPDATE jobs SET plan = 'null' WHERE id = {HEALTHY_ROWS}"),
+    "healthy-2": healthy_ledger_2,
+    "v2-dangling-attempt": _sql("UPDATE jobs SET attempt_of = 999 WHERE id = 39", healthy_ledger_2),
+    "v2-bad-failover": _sql("UPDATE failovers SET targets = '{oops' WHERE job_id = 38", healthy_ledger_2),
+    "v2-orphan-failover": _sql("INSERT INTO failovers VALUES (500, '[]', 60, NULL, NULL, 0)", healthy_ledger_2),
+    "v2-no-failovers": _sql("DROP TABLE failovers", healthy_ledger_2),
+    "v2-no-meta": _sql("DROP TABLE meta", healthy_ledger_2),
 }
 
 # --- site files and templates ------------------------------------------------------------------
@@ -304,6 +326,17 @@ CASES: list[Case] = [
          env={"GPUHUB_LEDGER": "{home}/ledgerdir"}),
     Case("ledger-readonly-submit", 5, ("submit", *CMD), ("ledger.sqlite", "read-only"), read_only=True),
     Case("ledger-readonly-cancel", 5, ("cancel", "1"), ("ledger.sqlite", "read-only"), read_only=True),
+    Case("ledger-v2-readonly-submit", 5, ("submit", *CMD), ("ledger.sqlite", "read-only"), ledger="healthy-2",
+         read_only=True),
+    Case("ledger-v2-no-failovers", 5, ("jobs",), ("ledger.sqlite", "gpuhub ledger"), ledger="v2-no-failovers"),
+    Case("ledger-v2-bad-failover", 5, ("failover", "38"), ("ledger.sqlite", "gpuhub ledger"),
+         ledger="v2-bad-failover"),
+    Case("ledger-v2-bad-failover-status", 5, ("status", "39"), ("ledger.sqlite", "gpuhub ledger"),
+         ledger="v2-bad-failover"),
+    Case("ledger-v2-check-dangling", 5, ("ledger", "check"), ("ledger.sqlite", "repair"),
+         ledger="v2-dangling-attempt"),
+    Case("ledger-v2-check-orphan-failover", 5, ("ledger", "check"), ("ledger.sqlite", "repair"),
+         ledger="v2-orphan-failover"),
     # 6. numbers and other values typed on the command line
     Case("mem-400-nines", 6, ("render", "--mem", NINES, *CMD), ("--mem",)),
     Case("mem-nan", 6, ("render", "--mem", "nanG", *CMD), ("--mem",)),
@@ -378,6 +411,12 @@ CASES: list[Case] = [
     Case("account-on-local", 7, ("render", "--account", "abc", *CMD), ("--account",)),
     Case("qos-on-local", 7, ("render", "--qos", "normal", *CMD), ("--qos",)),
     Case("qos-on-ssh", 7, ("render", "--site", "lab-server-example", "--qos", "normal", *CMD), ("--qos",)),
+    Case("account-on-lab", 7, ("render", "--site", "lab-server-example", "--account", "abc", *CMD), ("--account",)),
+    Case("directive-on-lab", 7, ("submit", "--site", "lab-server-example", "--directive=--x", *CMD),
+         ("--directive",)),
+    Case("qos-on-oar", 7, ("render", "--site", "gricad-bigfoot", "--project", "p", "--gpus", "1", "--qos", "normal",
+                           *CMD), ("--qos", "gricad-bigfoot")),
+    Case("qos-on-htcondor", 7, ("render", "--site", "htcondor-example", "--qos", "normal", *CMD), ("--qos",)),
     Case("htc-array-reversed", 7, ("render", "--site", "htcondor-example", "--array", "5-1", *CMD), ("--array",)),
     Case("normalization-nan", 7, ("render", "--site", "nn", *CMD), ("nn.yaml", "normalization"),
          files={"config/sites/nn.yaml": _site("nn", "accounting: {normalization: {a100: .nan}}\n")}),

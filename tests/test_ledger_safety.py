@@ -11,7 +11,8 @@ import pytest
 
 from bad_inputs import HEALTHY_ROWS, LEDGERS, cli, healthy_ledger
 
-ROW_DAMAGE = ["unknown-state", "bad-json", "null-plan", "schema-text", "no-meta"]
+ROW_DAMAGE = ["unknown-state", "bad-json", "null-plan", "schema-text", "no-meta",
+              "v2-dangling-attempt", "v2-bad-failover", "v2-orphan-failover", "v2-no-failovers", "v2-no-meta"]
 FILE_DAMAGE = ["garbage", "truncated", "corrupt-page", "foreign-schema"]
 
 
@@ -54,12 +55,52 @@ def test_check_finds_damage_and_repair_keeps_every_readable_row(tmp_path, kind):
         assert fixed["state"] == "unknown" and "exploded" in fixed["reason"]
 
 
-def test_repair_of_a_sound_ledger_changes_nothing(tmp_path):
-    path = _ledger(tmp_path, "healthy")
+@pytest.mark.parametrize("kind", ["healthy", "healthy-2"])  # schema 1 (before failover) and 2
+def test_repair_of_a_sound_ledger_changes_nothing(tmp_path, kind):
+    path = _ledger(tmp_path, kind)
+    assert cli(["ledger", "check"], tmp_path).returncode == 0
     before = path.read_bytes()
     result = cli(["ledger", "repair"], tmp_path)
     assert result.returncode == 0 and "nothing to repair" in result.stdout
     assert path.read_bytes() == before and not list(path.parent.glob("*.broken-*"))
+
+
+def _query(path: Path, sql: str) -> list[tuple]:
+    db = sqlite3.connect(path)
+    try:
+        return list(db.execute(sql))
+    finally:
+        db.close()
+
+
+def test_repair_keeps_attempts_and_failovers_it_can_read(tmp_path):
+    path = _ledger(tmp_path, "v2-dangling-attempt")
+    assert cli(["ledger", "repair"], tmp_path).returncode == 0
+    assert _query(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert _query(path, "SELECT attempt_of, attempt FROM jobs WHERE id = 39") == [(None, 2)]  # stands alone
+    assert _query(path, "SELECT job_id, done FROM failovers") == [(38, "attempt 2 ran")]
+    assert "attempt of job 999" in _query(path, "SELECT reason FROM jobs WHERE id = 39")[0][0]
+
+    other = tmp_path / "other"
+    path = _ledger(other, "v2-bad-failover")
+    check = cli(["ledger", "check"], other)
+    assert check.returncode == 2 and "failover of job 38: targets is not valid JSON" in check.stdout
+    assert cli(["ledger", "repair"], other).returncode == 0
+    assert _query(path, "SELECT attempt_of FROM jobs WHERE id = 39") == [(38,)]  # the attempts stay linked
+    assert _query(path, "SELECT count(*) FROM failovers") == [(0,)]  # it can move nothing: dropped
+    status = cli(["status", "39", "--json"], other)
+    assert status.returncode == 0, status.stderr
+
+
+def test_schema_1_ledger_is_migrated_by_the_first_write(tmp_path):
+    path = _ledger(tmp_path, "healthy")
+    assert cli(["jobs"], tmp_path).returncode == 0
+    assert _query(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]  # reading writes nothing
+    result = cli(["submit", "--", "true"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _query(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert len(_tokens(path)) == HEALTHY_ROWS + 1
+    assert cli(["ledger", "check"], tmp_path).returncode == 0
 
 
 def test_newer_ledger_is_not_repaired(tmp_path):
@@ -70,8 +111,9 @@ def test_newer_ledger_is_not_repaired(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_read_only_ledger_still_serves_jobs_and_status(tmp_path):
-    path = _ledger(tmp_path, "healthy")
+@pytest.mark.parametrize("kind", ["healthy", "healthy-2"])
+def test_read_only_ledger_still_serves_jobs_and_status(tmp_path, kind):
+    path = _ledger(tmp_path, kind)
     before = path.read_bytes()
     listed = cli(["jobs", "-n", "0", "--json"], tmp_path, read_only=True)
     assert listed.returncode == 0, listed.stderr
@@ -79,6 +121,10 @@ def test_read_only_ledger_still_serves_jobs_and_status(tmp_path):
     status = cli(["status", "1", "2", "--json"], tmp_path, read_only=True)
     assert status.returncode == 0, status.stderr
     assert [j["id"] for j in json.loads(status.stdout)] == [1, 2]
+    attempts = cli(["status", "39"], tmp_path, read_only=True)  # reads the attempts of schema 2, even on 1
+    assert attempts.returncode == 0, attempts.stderr
+    if kind == "healthy-2":
+        assert "job 38 attempts: #1 local:tok0038 completed -> #2 local:tok0039 completed" in attempts.stdout
     assert "read-only" in status.stderr
     logs = cli(["ledger", "check"], tmp_path, read_only=True)
     assert logs.returncode == 0, logs.stderr
@@ -112,7 +158,8 @@ def test_read_only_wal_ledger_without_its_shm_file(tmp_path):
 def test_read_only_commands_create_no_files(tmp_path, argv):
     home = tmp_path / "home"
     home.mkdir()
-    cli(argv, home)
+    cache = tmp_path / "cache"  # the validated-site cache is the one thing they may write
+    cli(argv, home, env={"GPUHUB_CACHE_DIR": str(cache)})
     assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
 
 

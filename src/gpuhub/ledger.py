@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuhub.errors import GpuhubError, shown
+from gpuhub.ledger_file import ADVICE, Guarded, LedgerError, connect, open_db
 from gpuhub.paths import user_data_dir
 from gpuhub.states import JobStatus, State, exit_status
 
@@ -78,16 +79,6 @@ COLUMNS = (
     "state", "reason", "nodes", "exit_code", "created_at", "submitted_at", "started_at", "ended_at", "updated_at",
 )
 COLUMNS_2 = ("attempt_of", "attempt")  # added to jobs by schema 2
-SQLITE_MAGIC = b"SQLite format 3\x00"
-ADVICE = "keep a copy of it, then run `gpuhub ledger check` and `gpuhub ledger repair`"
-
-
-class LedgerError(GpuhubError):
-    """The ledger file cannot be used as it is: damaged, not a ledger, newer, or read-only."""
-
-    exit_code = 2
-
-
 def ledger_path() -> Path:
     override = os.environ.get("GPUHUB_LEDGER")
     return Path(override).expanduser() if override else user_data_dir() / "ledger.sqlite"
@@ -194,8 +185,8 @@ class Ledger:
 
     def __init__(self, path: Path | None = None, mode: str = "write") -> None:
         self.path = path or ledger_path()
-        self.read_only = mode == "read"
-        self.db = _Guarded(self._connect(mode), self.path)
+        db, self.read_only = open_db(self.path, mode)
+        self.db = Guarded(db, self.path)
         self.db.row_factory = sqlite3.Row
         self._migrate()
 
@@ -214,60 +205,6 @@ class Ledger:
                                   isolation_level=None, check_same_thread=False)
         book.db.row_factory = sqlite3.Row
         return book
-
-    def _connect(self, mode: str) -> sqlite3.Connection:
-        if self.path.is_dir():
-            raise LedgerError(f"ledger {self.path} is a directory; point GPUHUB_LEDGER at a file")
-        exists = self.path.exists()
-        if exists:
-            _check_magic(self.path)
-        if mode == "auto" and not exists:
-            mode = "read"  # nothing recorded, so nothing to update: create nothing
-        if mode == "read" and (not exists or self.path.stat().st_size == 0):
-            return _connect(":memory:")
-        if mode != "read":
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = _connect(self.path)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("PRAGMA foreign_keys=ON")
-                if exists:
-                    db.execute("BEGIN IMMEDIATE")  # proves the file can be written
-                    db.execute("ROLLBACK")
-                return db
-            except (OSError, sqlite3.OperationalError) as exc:
-                if not _read_only_error(exc) or mode == "write":
-                    raise self._open_error(exc, mode) from None
-            except sqlite3.DatabaseError as exc:
-                raise self._open_error(exc, mode) from None
-            if not exists:
-                raise LedgerError(f"cannot create the ledger {self.path}: its directory is read-only")
-        self.read_only = True
-        try:
-            source = _connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-            if mode == "read":
-                source.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                return source
-            copy = _connect(":memory:")
-            source.backup(copy)  # status may record what it learns: in memory, never saved
-            source.close()
-            return copy
-        except sqlite3.OperationalError as exc:
-            if "unable to open" not in str(exc):
-                raise self._open_error(exc, mode) from None
-        except sqlite3.DatabaseError as exc:
-            raise self._open_error(exc, mode) from None
-        # A WAL ledger in a read-only directory without its -shm file: read it as an immutable file.
-        return _connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True)
-
-    def _open_error(self, exc: BaseException, mode: str) -> LedgerError:
-        if _read_only_error(exc):
-            return LedgerError(
-                f"ledger {self.path} is read-only ({exc}); this command records jobs: make the file and its "
-                "directory writable, or set GPUHUB_LEDGER to another file"
-            )
-        return LedgerError(f"ledger {self.path} cannot be read ({shown(str(exc))}); {ADVICE}")
 
     def _migrate(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -317,10 +254,10 @@ class Ledger:
         """A read-only ledger of an older schema (or none yet), brought to this one in a copy in memory:
         commands read every table as they expect, and nothing is written to the file."""
         if not self.db.in_memory:
-            copy = _connect(":memory:")
+            copy = connect(":memory:")
             self.db.backup(copy)
             self.db.close()
-            self.db = _Guarded(copy, self.path)
+            self.db = Guarded(copy, self.path)
             self.db.row_factory = sqlite3.Row
         for statement in _SCHEMA if have == 0 else []:
             self.db.execute(statement)
@@ -567,84 +504,3 @@ def _record(row: sqlite3.Row, path: Path | None = None) -> JobRecord:
     except (ValueError, TypeError, KeyError) as exc:
         where = f"ledger {path}" if path else "the ledger"
         raise LedgerError(f"{where}: job {data.get('id')} cannot be read ({shown(str(exc))}); {ADVICE}") from None
-
-
-def _connect(target: str | Path, uri: bool = False) -> sqlite3.Connection:
-    return sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False, uri=uri)
-
-
-def _check_magic(path: Path) -> None:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(SQLITE_MAGIC))
-    except OSError as exc:
-        raise LedgerError(f"cannot read the ledger {path}: {exc.strerror or exc}") from None
-    if head and head != SQLITE_MAGIC:
-        raise LedgerError(f"ledger {path} is not an SQLite database (damaged, or another file); {ADVICE}")
-
-
-def _read_only_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, PermissionError) or "readonly" in text or "read-only" in text
-
-
-class _Guarded:
-    """The connection, with every SQLite failure turned into one :class:`LedgerError` line."""
-
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
-        self._db, self._path = db, path
-        self.in_memory = not db.execute("PRAGMA database_list").fetchone()[2]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("_db", "_path", "in_memory"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._db, name, value)
-
-    def _error(self, exc: sqlite3.Error) -> GpuhubError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return GpuhubError(f"ledger {self._path} is busy (another gpuhub is writing); try again")
-        if _read_only_error(exc):
-            return LedgerError(f"ledger {self._path} is read-only; this command needs to record jobs")
-        return LedgerError(f"ledger {self._path} is damaged ({shown(text)}); {ADVICE}")
-
-    def execute(self, sql: str, args: Any = ()) -> Any:
-        try:
-            return _Rows(self._db.execute(sql, args), self)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-
-    def executemany(self, sql: str, args: Any) -> Any:
-        try:
-            return self._db.executemany(sql, args)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-
-
-class _Rows:
-    """A cursor whose row reads fail as the connection's do (a damaged page shows up while reading)."""
-
-    def __init__(self, cursor: sqlite3.Cursor, owner: _Guarded) -> None:
-        self._cursor, self._owner = cursor, owner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursor, name)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.fetchall())
-
-    def fetchone(self) -> Any:
-        try:
-            return self._cursor.fetchone()
-        except sqlite3.Error as exc:
-            raise self._owner._error(exc) from None
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return self._cursor.fetchall()
-        except sqlite3.Error as exc:
-            raise self._owner._error(exc) from None

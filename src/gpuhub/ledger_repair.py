@@ -4,7 +4,10 @@ ledger rebuilt from every row that can still be read.
 Repair never works in place: it first copies the damaged file (and its write-ahead log) next to
 it, builds the new ledger in a temporary file, and only then swaps it in. A row whose state is not
 one gpuhub knows becomes ``unknown`` and a row whose request or plan is not JSON keeps an empty
-one, each with the reason saying so; the original text stays in the backup.
+one, each with the reason saying so; the original text stays in the backup. Schema 1 ledgers (before
+failover) are sound as they are and become schema 2 when rebuilt; in a schema 2 ledger an attempt
+pointing to a missing first attempt stands on its own again, and a failover that cannot be read or
+whose job is gone is dropped (the job itself stays).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from gpuhub.errors import GpuhubError
-from gpuhub.ledger import COLUMNS, SCHEMA_VERSION, SQLITE_MAGIC, Ledger
+from gpuhub.ledger import COLUMNS, COLUMNS_2, SCHEMA_VERSION, Ledger, schema_of
+from gpuhub.ledger_file import SQLITE_MAGIC
 from gpuhub.states import State
 
 _STATES = {s.value for s in State}
@@ -35,6 +39,7 @@ class Report:
     unreadable: int = 0  # rows that are there but cannot be read
     backup: Path | None = None
     fixed: int = 0
+    failovers: int = 0  # failovers kept by a repair
     newer: bool = False  # written by a newer gpuhub: upgrade, never repair
 
     @property
@@ -44,7 +49,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "ok": self.ok, "problems": self.problems, "rows": self.rows,
                 "unreadable": self.unreadable, "backup": str(self.backup) if self.backup else None,
-                "fixed": self.fixed}
+                "fixed": self.fixed, "failovers": self.failovers}
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:
@@ -103,20 +108,42 @@ def _check_db(db: sqlite3.Connection, report: Report) -> None:
         report.problems.append(f"its jobs table lacks {', '.join(missing)}: not a gpuhub ledger")
         return
     version = _schema_version(db)
-    if version is not None and version.isascii() and version.isdigit() and int(version) > SCHEMA_VERSION:
+    numeric = version is not None and version.isascii() and version.isdigit()
+    if numeric and int(version) > SCHEMA_VERSION:
         report.newer = True
         report.problems.append(f"written by a newer gpuhub (schema {version}, this one knows {SCHEMA_VERSION}): "
                                "upgrade gpuhub instead of repairing")
         return
-    if version != str(SCHEMA_VERSION):
-        report.problems.append(f"schema_version is {str(version)[:20]!r}, this gpuhub writes {SCHEMA_VERSION}")
+    if version is None:
+        report.problems.append("it has no schema_version (its meta table is lost)")
+    elif not numeric or int(version) < 1:
+        report.problems.append(f"schema_version is {str(version)[:20]!r}, not a schema number")
+    have = int(version) if numeric else schema_of(tables["jobs"])
+    report.problems.extend(_missing(tables, have))
     rows, report.unreadable = salvage(db)
     report.rows = len(rows)
     if report.unreadable:
         report.problems.append(f"{report.unreadable} row(s) of the jobs table cannot be read")
+    ids = {row["id"] for row in rows}
     for row in rows:
-        for problem in row_problems(row):
+        for problem in row_problems(row, ids):
             report.problems.append(f"job {row.get('id')}: {problem}")
+    for failover in _failovers(db) if "failovers" in tables else []:
+        for problem in failover_problems(failover, ids):
+            report.problems.append(f"failover of job {failover.get('job_id')}: {problem}")
+
+
+def _missing(tables: dict[str, set[str]], have: int) -> Iterator[str]:
+    """The tables and columns a ledger of schema ``have`` must hold but this one lacks."""
+    for table in ("state_history", "meta"):
+        if table not in tables:
+            yield f"has no {table} table"
+    if have >= 2:
+        lacking = [c for c in COLUMNS_2 if c not in tables["jobs"]]
+        if lacking:
+            yield f"its jobs table lacks {', '.join(lacking)} (schema {have})"
+        if "failovers" not in tables:
+            yield f"has no failovers table (schema {have})"
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, set[str]] | None:
@@ -163,7 +190,7 @@ def salvage(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
     return [rows[k] for k in sorted(rows)], unreadable
 
 
-def row_problems(row: dict[str, Any]) -> Iterator[str]:
+def row_problems(row: dict[str, Any], ids: set[int] | None = None) -> Iterator[str]:
     if row.get("state") not in _STATES:
         yield f"unknown state {str(row.get('state'))[:40]!r}"
     for column in ("request", "plan"):
@@ -175,14 +202,48 @@ def row_problems(row: dict[str, Any]) -> Iterator[str]:
     for column in ("token", "site", "scheduler", "name", "script", "created_at", "updated_at"):
         if row.get(column) is None:
             yield f"{column} is empty"
+    first = row.get("attempt_of")
+    if first is not None and ids is not None and (first not in ids or first == row.get("id")):
+        yield f"attempt of job {str(first)[:20]}, which is not in the ledger"
+    if "attempt" in row and not (isinstance(row["attempt"], int) and 1 <= row["attempt"] <= 10_000):
+        yield f"attempt number {str(row['attempt'])[:20]!r} is not a positive number"
 
 
-def _fixed(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    problems = list(row_problems(row))
+def failover_problems(row: dict[str, Any], ids: set[int], moving: bool = True) -> Iterator[str]:
+    """What is wrong with a failovers row; ``moving=False`` leaves out the one a repair can fix."""
+    if row.get("job_id") not in ids:
+        yield "its job is not in the ledger"
+    try:
+        targets = json.loads(row.get("targets") or "")
+        if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+            yield "targets is not a JSON list of objects"
+    except (TypeError, ValueError):
+        yield "targets is not valid JSON"
+    if not isinstance(row.get("after"), int | float) or not 0 <= row["after"] < float("inf"):
+        yield f"after is {str(row.get('after'))[:20]!r}, not a number of seconds"
+    if moving and row.get("moving") is not None and row["moving"] not in ids:
+        yield f"moving attempt {str(row['moving'])[:20]} is not in the ledger"
+    if not isinstance(row.get("updated_at"), int | float):
+        yield "updated_at is not a time"
+
+
+def _failovers(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM failovers ORDER BY job_id")]
+    except sqlite3.DatabaseError:
+        return []
+
+
+def _fixed(row: dict[str, Any], ids: set[int]) -> tuple[dict[str, Any], bool]:
+    problems = list(row_problems(row, ids))
     if not problems:
         return row, False
     out = dict(row)
     now = time.time()
+    if out.get("attempt_of") is not None and (out["attempt_of"] not in ids or out["attempt_of"] == out.get("id")):
+        out["attempt_of"] = None  # its first attempt is gone: it stands on its own
+    if "attempt" in out and not (isinstance(out["attempt"], int) and 1 <= out["attempt"] <= 10_000):
+        out["attempt"] = 1
     if out.get("state") not in _STATES:
         out["state"] = State.UNKNOWN.value
     for column in ("request", "plan"):
@@ -217,13 +278,16 @@ def repair(path: Path) -> Report:
     report.backup = backup
     rows: list[dict[str, Any]] = []
     history: list[tuple[Any, ...]] = []
+    failovers: list[dict[str, Any]] = []
     if _is_sqlite(path):
         try:
             db = _open_ro(backup)  # the copy, so a -wal of the original is not replayed twice
             try:
-                if set(COLUMNS) <= (_tables(db) or {}).get("jobs", set()):
+                tables = _tables(db) or {}
+                if set(COLUMNS) <= tables.get("jobs", set()):
                     rows, report.unreadable = salvage(db)
                     history = _history(db)
+                    failovers = _failovers(db) if "failovers" in tables else []
             finally:
                 db.close()
         except sqlite3.Error:
@@ -234,18 +298,7 @@ def repair(path: Path) -> Report:
         fresh = Ledger(tmp)
         try:
             with fresh.transaction() as out:
-                for row in rows:
-                    fixed, changed = _fixed(row)
-                    report.fixed += changed
-                    names = [c for c in COLUMNS if c in fixed]
-                    out.execute(
-                        f"INSERT OR IGNORE INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                        [fixed[c] for c in names],
-                    )
-                out.executemany(
-                    "INSERT OR IGNORE INTO state_history SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?)",
-                    [(*h, h[0]) for h in history],
-                )
+                _rebuild(out, rows, history, failovers, report)
             fresh.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             fresh.close()
@@ -258,6 +311,38 @@ def repair(path: Path) -> Report:
         raise
     report.rows = len(rows)
     return report
+
+
+def _rebuild(out: Any, rows: list[dict[str, Any]], history: list[tuple[Any, ...]],
+             failovers: list[dict[str, Any]], report: Report) -> None:
+    """Fill a fresh ledger (in its open transaction) with the salvaged rows, fixed where needed."""
+    out.execute("PRAGMA defer_foreign_keys = ON")  # an attempt may be read before its first attempt
+    ids = {row["id"] for row in rows}
+    for row in rows:
+        fixed, changed = _fixed(row, ids)
+        report.fixed += changed
+        names = [c for c in (*COLUMNS, *COLUMNS_2) if c in fixed]
+        out.execute(
+            f"INSERT OR IGNORE INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            [fixed[c] for c in names],
+        )
+    # A row dropped as a duplicate leaves no attempt pointing at it.
+    out.execute("UPDATE jobs SET attempt_of = NULL WHERE attempt_of NOT IN (SELECT id FROM jobs)")
+    kept = {r[0] for r in out.execute("SELECT id FROM jobs")}
+    for fo in failovers:
+        if any(failover_problems(fo, kept, moving=False)):
+            continue  # it cannot move anything any more: the job stays, without its failover
+        out.execute(
+            "INSERT OR IGNORE INTO failovers (job_id, targets, after, moving, done, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (fo["job_id"], fo["targets"], fo["after"], fo.get("moving") if fo.get("moving") in kept else None,
+             fo.get("done"), fo["updated_at"]),
+        )
+        report.failovers += 1
+    out.executemany(
+        "INSERT OR IGNORE INTO state_history SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?)",
+        [(*h, h[0]) for h in history],
+    )
 
 
 def _history(db: sqlite3.Connection) -> list[tuple[Any, ...]]:

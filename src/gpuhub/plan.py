@@ -363,6 +363,7 @@ def _scheduler_limits(site: Site, req: JobRequest, nodes: int, launcher: str) ->
         (req.directives, can.directives, "--directive"),
     ):
         if given and not able:
+            hint = "; --project still labels the job's GPU hours" if option == "--account" else ""
             raise RequestError(
-                f"{option} has no effect on site {site.name!r} ({kind}): its scheduler has no such option"
+                f"{option} has no effect on site {site.name!r} ({kind}): its scheduler has no such option{hint}"
             )

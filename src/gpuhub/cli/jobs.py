@@ -307,10 +307,13 @@ def _write_files(output_dir: Path, files: dict[str, str]) -> None:
 
 
 def _ledger(mode: str = "write") -> Any:
-    """The ledger: ``write`` for commands that record jobs, ``read`` for those that only show them,
-    ``auto`` for status (on a read-only ledger it polls and shows, and says nothing is saved)."""
-    from gpuhub.ledger import Ledger
+    """The ledger: ``write`` for commands that record jobs, ``change`` for those that change recorded
+    jobs (with no ledger yet there is none to change, and none is created), ``read`` for those that
+    only show them, ``auto`` for status (on a read-only ledger it polls and shows, and saves nothing)."""
+    from gpuhub.ledger import Ledger, ledger_path
 
+    if mode == "change":
+        mode = "write" if ledger_path().exists() else "read"
     ledger = Ledger(mode=mode)
     if ledger.read_only and mode == "auto":
         note(f"gpuhub: ledger {ledger.path} is read-only: states are shown, not saved, and no failover moves")
@@ -563,7 +566,7 @@ def forget(refs: tuple[str, ...], force: bool, dry_run: bool, as_json: bool) -> 
     """
     from gpuhub import jobs as jobs_api
 
-    ledger = _ledger()
+    ledger = _ledger("change")
     records = list({r.id: r for r in (jobs_api.resolve(ref, ledger) for ref in refs)}.values())
     active = [r for r in records if not _removable(r, force)]
     if active:
@@ -610,7 +613,7 @@ def prune(older_than: float, site: str | None, force: bool, dry_run: bool, as_js
     """
     import time
 
-    ledger = _ledger()
+    ledger = _ledger("change")
     cutoff = time.time() - older_than
     records = [r for r in ledger.jobs(site=site) if r.updated_at <= cutoff and _removable(r, force)]
     removed = records if dry_run else ledger.forget(r.id for r in records)
@@ -662,9 +665,8 @@ def cancel(refs: tuple[str, ...]) -> None:
       gpuhub cancel 42 43 jean-zay:123456
     """
     from gpuhub import jobs as jobs_api
-    from gpuhub.ledger import ledger_path
 
-    ledger = _ledger("write" if ledger_path().exists() else "read")  # no ledger, no job: create none
+    ledger = _ledger("change")
     records = [jobs_api.resolve(r, ledger) for r in refs]
     jobs_api.cancel(records, ledger)
     for rec in records:
