@@ -158,6 +158,7 @@ def main() -> None:
                           GPUHUB_CONFIG_DIR=str(Path(tmp) / "config"))
         sys.path.insert(0, str(REPO / "src"))
         os.environ["PYTHONPATH"] = str(REPO / "src")
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed gpuhub has its modules compiled
         print(f"lab server benchmark: {HOSTS} hosts x {GPUS} fake GPUs on the loopback sshd "
               f"({env['TESTBED_SSH_USER']}@{env['TESTBED_SSH_HOST']}:{env['TESTBED_SSH_PORT']}); "
               f"load average {os.getloadavg()[0]:.2f}")

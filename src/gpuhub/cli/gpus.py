@@ -60,24 +60,22 @@ def gpus(sites: str | None, site: tuple[str, ...], refresh: bool, probe_timeout:
       gpuhub gpus --site my-lab-server
       gpuhub gpus --json | jq '.gpus[] | select(.free > 0)'
     """
-    from gpuhub.broker.api import candidate_sites, live_cache
+    from gpuhub.broker.candidates import candidate_sites
     from gpuhub.broker.config import load_config
-    from gpuhub.broker.state import Prober
     from gpuhub.cli import lab_gpus
 
     config = load_config()
     names = list(dict.fromkeys([*(s.strip() for s in (sites or "").split(",") if s.strip()), *site])) or None
     site_objs, broken = candidate_sites(names, config)
     timeout = probe_timeout or config.probe_timeout
-    prober = Prober(live_cache(config), timeout, estimator=None)
     readings: dict[str, Any] = {}
     errors: dict[str, str] = dict(broken)
     lab: dict[str, dict[str, Any]] = {}
     job_of = lab_gpus.job_namer()
 
-    def probe(site: Any) -> None:
+    def probe(site: Any, prober: Any) -> None:
         try:
-            if lab_gpus.is_lab(site):  # each GPU and its holder: a probe of its own, never cached
+            if prober is None:  # a lab server: each GPU and its holder, a probe of its own, never cached
                 lab[site.name] = lab_gpus.probe(site, timeout, job_of)
                 readings[site.name] = (lab[site.name]["reading"],)
             else:
@@ -85,9 +83,20 @@ def gpus(sites: str | None, site: tuple[str, ...], refresh: bool, probe_timeout:
         except Exception as exc:
             errors[site.name] = " ".join((getattr(exc, "message", None) or str(exc) or type(exc).__name__).split())
 
-    threads = [threading.Thread(target=probe, args=(s,), daemon=True) for s in site_objs]
+    # Lab servers first: their hosts work on the probe while this process loads the rest.
+    labs = [s for s in site_objs if lab_gpus.is_lab(s)]
+    threads = [threading.Thread(target=probe, args=(s, None), daemon=True) for s in labs]
     for thread in threads:
         thread.start()
+    others = [s for s in site_objs if s.name not in {lab_site.name for lab_site in labs}]
+    if others:
+        from gpuhub.broker.api import live_cache
+        from gpuhub.broker.state import Prober
+
+        prober = Prober(live_cache(config), timeout, estimator=None)
+        threads += [threading.Thread(target=probe, args=(s, prober), daemon=True) for s in others]
+        for thread in threads[len(labs):]:
+            thread.start()
     deadline = time.monotonic() + timeout
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,17 +19,26 @@ def is_lab(site: Any) -> bool:
 
 
 def job_namer() -> Callable[[str], str]:
-    """A lock's job -> the gpuhub id this user knows it by, else its token."""
-    from gpuhub.ledger import Ledger
+    """A lock's job -> the gpuhub id this user knows it by, else its token. The ledger is opened
+    at the first lock named (GPUs nobody holds need none), once for every probe thread."""
+    opened: list[Any] = []
+    lock = threading.Lock()
 
-    try:
-        ledger = Ledger(mode="read")
-    except Exception:  # no ledger to read: tokens it is
-        return lambda lock_token: lock_token.partition(".")[0]
+    def ledger() -> Any:
+        with lock:
+            if not opened:
+                from gpuhub.ledger import Ledger
+
+                try:
+                    opened.append(Ledger(mode="read"))
+                except Exception:  # no ledger to read: tokens it is
+                    opened.append(None)
+            return opened[0]
 
     def name(lock_token: str) -> str:
         token = lock_token.partition(".")[0]  # a pool's job directories are TOKEN.HOST
-        record = ledger.by_token(token)
+        found = ledger()
+        record = found.by_token(token) if found is not None else None
         return str(record.id) if record is not None else token
 
     return name
@@ -38,12 +48,13 @@ def probe(site: Any, timeout: float, job_of: Callable[[str], str]) -> dict[str, 
     """One probe of every host of a lab site: per-GPU rows, queue rows, the exporter-style
     reading, the hosts that did not answer, and the hosts' clock."""
     from gpuhub.backends import backend_for
-    from gpuhub.backends.lab import ops, report
     from gpuhub.backends.lab.backend import pool, reading
-    from gpuhub.backends.lab.discovery import Probe
 
     backend = backend_for(site.scheduler)
     probes = backend.probe_all(site, pool(site), timeout)  # type: ignore[attr-defined]
+    from gpuhub.backends.lab import ops, report  # loaded once the hosts answered
+    from gpuhub.backends.lab.discovery import Probe
+
     limits = ops.thresholds(site.lab)
     out: dict[str, Any] = {"gpus": [], "queue": [], "unreachable": [], "now": None,
                            "reading": reading(site, probes)}

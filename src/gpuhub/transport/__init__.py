@@ -7,9 +7,48 @@ stdout and stderr.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+import types
+from typing import Any
+
 from gpuhub.transport.base import CommandError, CommandTimeout, Result, Transport
 
 __all__ = ["CommandError", "CommandTimeout", "Result", "Transport", "transport_for"]
+
+
+class _OnFirstUse(types.ModuleType):
+    """Stands in for an installed module until one of its attributes is used, then imports it."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def _defer(name: str) -> None:
+    """Make ``import name`` cheap: the module is imported when one of its attributes is used.
+
+    paramiko imports ``invoke``, when it is installed, only to run the ``Match exec`` lines of
+    an ssh_config; importing it costs as much as all the rest of paramiko, on every command
+    that connects anywhere. Every module here that imports paramiko is in this package, so this
+    runs first. (``importlib.util.LazyLoader`` would not do: an ``import`` statement reads the
+    module's ``__spec__``, which loads it.)"""
+    if name in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return
+    if spec is None:  # not installed: ``import name`` fails as it would have
+        return
+    stand_in = _OnFirstUse(name)
+    stand_in.__spec__ = spec
+    sys.modules[name] = stand_in
+
+
+_defer("invoke")
 
 _CACHE: dict[str, Transport] = {}
 

@@ -28,12 +28,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 import paramiko
 from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
-from gpuhub.site import Connection
 from gpuhub.transport import sftp as files
 from gpuhub.transport.base import CommandTimeout, Result, Transport, TransportError, Upload
 from gpuhub.transport.connect import connect_chain
@@ -50,6 +50,9 @@ from gpuhub.transport.hostkeys import (
 )
 from gpuhub.transport.ssh_config import Endpoint, load_ssh_config, resolve
 from gpuhub.transport.trust import HostKeyScan, judge, scan_host_keys
+
+if TYPE_CHECKING:
+    from gpuhub.site import Connection
 
 log = logging.getLogger(__name__)
 

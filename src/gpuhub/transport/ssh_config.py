@@ -15,12 +15,15 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
-from gpuhub.site import Connection
 from gpuhub.transport.base import TransportError
 from gpuhub.transport.hostkeys import gpuhub_known_hosts
+
+if TYPE_CHECKING:
+    from gpuhub.site import Connection
 
 SSH_CONFIG_ENV = "GPUHUB_SSH_CONFIG"
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
-from gpuhub.site import Connection
 from gpuhub.transport.connect import address_hint, authenticate, handshake, open_socket, tunnel
 from gpuhub.transport.hostkeys import (
     SHORT_TYPES,
@@ -30,6 +30,9 @@ from gpuhub.transport.hostkeys import (
     short_key_type,
 )
 from gpuhub.transport.ssh_config import Endpoint, resolve
+
+if TYPE_CHECKING:
+    from gpuhub.site import Connection
 
 
 @dataclass

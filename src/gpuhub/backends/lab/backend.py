@@ -21,7 +21,7 @@ from gpuhub.backends.lab.placement import choose, verdict
 from gpuhub.backends.shell import SSHBackend, jobs_root
 from gpuhub.backends.shell_scripts import STARTED
 from gpuhub.errors import GpuhubError, NoFreeGpus
-from gpuhub.site import LabHost, Site
+from gpuhub.sitedata import LabHost, Site
 
 if TYPE_CHECKING:
     from gpuhub.exporter.readings import SiteReading
