@@ -25,7 +25,21 @@ if [[ -n $purge ]] && command -v scancel >/dev/null && ctld_ok; then
     sleep 1
 fi
 
-# Reverse start order, so nothing logs errors about a peer gone first.
+# Reverse start order, so nothing logs errors about a peer gone first: OAR (oar.sh), the
+# tests' PostgreSQL (postgres.sh), the second cluster (slurm2.sh), then the first one (up.sh).
+log "stopping OAR";       stop_pidfile /run/oar-server.pid Almighty; stop_pidfile /run/oar-node_sshd.pid sshd
+if command -v pg_ctlcluster >/dev/null; then
+    for cluster in "15 main" "$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1) ${GPUHUB_PG_CLUSTER:-gpuhub}"; do
+        # shellcheck disable=SC2086  # "VERSION CLUSTER", split on purpose
+        if pg_lsclusters -h 2>/dev/null | awk '$4 == "online" {print $1, $2}' | grep -qx "$cluster"; then
+            log "stopping PostgreSQL $cluster"; pg_ctlcluster $cluster stop -m fast || true
+        fi
+    done
+fi
+log "stopping the second cluster"
+stop_pidfile "$TB_RUN/sshd2.pid" sshd
+stop_pidfile "$TB_RUN/slurm2-d-m1.pid" slurmd
+stop_pidfile "$TB_RUN/slurm2-ctld.pid" slurmctld
 log "stopping sshd";      stop_pidfile "$TB_RUN/sshd.pid" sshd
 for n in "${TB_NODES[@]}"; do
     log "stopping slurmd $n"; stop_pidfile "$TB_RUN/slurmd-$n.pid" slurmd
