@@ -153,7 +153,8 @@ def test_read_only_wal_ledger_without_its_shm_file(tmp_path):
 @pytest.mark.parametrize(
     "argv",
     [["jobs"], ["jobs", "--json"], ["status"], ["logs", "1"], ["cancel", "1"], ["sites", "list"],
-     ["render", "--", "true"], ["ledger", "check"], ["usage", "report", "--db", "{home}/nonexistent/dir/x.db"]],
+     ["render", "--", "true"], ["ledger", "check"], ["usage", "report", "--db", "{home}/nonexistent/dir/x.db"],
+     ["failover", "1"], ["jobs", "forget", "1"]],
 )
 def test_read_only_commands_create_no_files(tmp_path, argv):
     home = tmp_path / "home"

@@ -163,10 +163,10 @@ def failover(job: str, watch: bool, interval: float) -> None:
       gpuhub failover last --watch
     """
     from gpuhub.broker import failover as fo
+    from gpuhub.cli.jobs import _ledger
     from gpuhub.jobs import resolve
-    from gpuhub.ledger import Ledger
 
-    ledger = Ledger()
+    ledger = _ledger("change")  # moving a job must be recorded; with no ledger there is no job to move
     record = resolve(job, ledger)
     job_id = record.attempt_of or record.id
     if ledger.failover(job_id) is None:
