@@ -30,9 +30,10 @@ SITES = [REPO / "tests" / "data" / "sites" / "testbed.yaml", REPO / "tests" / "d
 JOB = ["--gpu-type", "v100", "--gpus", "2", "-t", "30m", "--", "python", "train.py"]
 
 
-def stats(label: str, times: list[float]) -> None:
+def stats(label: str, times: list[float]) -> float:
     ms = [t * 1000 for t in times]
     print(f"{label:<58} {statistics.median(ms):8.1f} {min(ms):8.1f} {max(ms):8.1f}")
+    return statistics.median(ms)
 
 
 def cli(args: list[str], runs: int, env: dict[str, str]) -> list[float]:
@@ -96,11 +97,14 @@ def main() -> None:
         times.append(time.perf_counter() - start)
         assert len(result.rows) == len(warm.rows) and result.live
     stats("in-process broker_plan(), 50 sites, cached state", times)
-    stats("CLI `gpuhub plan`, 50 sites, cached state", cli(["plan", *JOB], args.runs, env))
+    planned = stats("CLI `gpuhub plan`, 50 sites, cached state", cli(["plan", *JOB], args.runs, env))
     stats("CLI `gpuhub plan --offline`, 50 sites (no state at all)", cli(["plan", "--offline", *JOB], args.runs, env))
     stats("baseline: CLI `gpuhub --help`", cli(["--help"], args.runs, env))
     stats("baseline: CLI `gpuhub render` (local site)", cli(["render", "--", "true"], args.runs, env))
-    stats("baseline: python -c pass", [t for t in (_bare() for _ in range(args.runs))])
+    bare = stats("baseline: python -c pass", [t for t in (_bare() for _ in range(args.runs))])
+    # The 100 ms target was set where `python -c pass` took 23 ms: what gpuhub adds is comparable.
+    print(f"{'CLI `gpuhub plan` minus python -c pass (medians)':<58} {planned - bare:8.1f}"
+          f"   (target: under {100 - 23} ms)")
 
     times = []
     for _ in range(max(3, args.runs // 4)):
