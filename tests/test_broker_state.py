@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -158,3 +159,31 @@ def test_load_sites_gives_each_broken_site_its_reason(isolated, tmp_path, monkey
     (sites / "s1.yaml").write_text(edited)
     loaded, _ = registry.load_sites(["s1"])
     assert loaded[0].partitions["v100"].gpus_per_node == 2
+
+
+def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolated):
+    """A plan over cached readings needs the schedulers' capabilities, not their backends; no
+    site is contacted, so no transport; and the exporter's project labels stay unloaded."""
+    sites = isolated / "sites"
+    sites.mkdir()
+    (sites / "testbed2.yaml").write_text((DATA / "broker" / "testbed2.yaml").read_text())
+    (isolated / "config").mkdir()
+    (isolated / "config" / "broker.yaml").write_text("sites: [testbed2]\ncache_ttl: 3600\n")
+    env = {**os.environ, "GPUHUB_SITES": str(sites)}
+    code = ("import sys\nfrom gpuhub.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    print('EXIT', exc.code, file=sys.stderr)\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.startswith(('gpuhub.backends.', 'gpuhub.transport',"
+            " 'gpuhub.accounting'))), file=sys.stderr)")
+    args = ["plan", "--gpus", "1", "-t", "30m", "--", "true"]
+    first = subprocess.run([sys.executable, "-c", code, "plan", "--offline", *args[1:]], capture_output=True,
+                           text=True, timeout=60, env=env)
+    assert "EXIT 0" in first.stderr, first.stderr  # the site file validated and kept, broker.yaml too
+
+    cache = LiveCache(isolated / "cache" / "live", 3600)
+    request = JobRequest(command=["true"], gpus=1, time="30m")
+    Prober(cache, 5, reader=lambda s, t, d: READING, estimator=lambda s, t, a, left: (None, "no estimate"),
+           transport_for=lambda site: None).gather(fits([SITE2], request, BrokerConfig()), refresh=True)
+    again = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=env)
+    assert "EXIT 0" in again.stderr and "LOADED ['gpuhub.backends.capabilities', 'gpuhub.backends.shell_scripts']" \
+        in again.stderr, again.stderr
+    assert "3/4" in again.stdout, again.stdout  # the cached reading: 4 v100, 1 in use

@@ -128,3 +128,11 @@ def test_gpu_memory_and_any_type():
         plan(site2, JobRequest(command=["true"], gpu_mem="40G"))
     # the testbed's site file gives no GPU memory at all
     assert "its site file gives: no GPU memory" in refused(gpu_mem="1G")
+
+
+def test_plan_reads_each_backends_own_capabilities():
+    from gpuhub.backends import BACKENDS, backend_for, capabilities_of
+
+    for scheduler in BACKENDS:
+        assert capabilities_of(scheduler) is backend_for(scheduler).capabilities, scheduler
+    assert capabilities_of("slurm").launchers == ("none", "torchrun", "srun") and capabilities_of("ssh").gpu_locks

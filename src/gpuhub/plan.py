@@ -165,10 +165,10 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
             f"of a node in partition {key!r}"
         )
 
-    from gpuhub.backends import backend_for
+    from gpuhub.backends import capabilities_of
     from gpuhub.backends.shell_scripts import KILL_AFTER
 
-    caps = backend_for(site.scheduler).capabilities
+    caps = capabilities_of(site.scheduler)
     by_gpuhub = caps.time_limit == "gpuhub"
     walltime = req.time or site.defaults.time or part.default_walltime
     time_limit = walltime
@@ -331,9 +331,9 @@ def _lab_policy(site: Site, gpus: int, walltime: int) -> None:
 
 def _scheduler_limits(site: Site, req: JobRequest, nodes: int, launcher: str) -> None:
     """What the site's scheduler cannot do, read from its backend's capabilities."""
-    from gpuhub.backends import backend_for
+    from gpuhub.backends import capabilities_of
 
-    can = backend_for(site.scheduler).capabilities
+    can = capabilities_of(site.scheduler)
     kind = site.scheduler
     if launcher not in can.launchers:
         raise RequestError(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gpuhub.backends.base import Backend
+    from gpuhub.backends.capabilities import Capabilities
 
 # site `scheduler:` value -> "module:class"
 BACKENDS = {
@@ -30,3 +31,10 @@ def backend_for(scheduler: str) -> Backend:
         module, _, cls = BACKENDS[scheduler].partition(":")
         backend = _INSTANCES[scheduler] = getattr(importlib.import_module(module), cls)()
     return backend
+
+
+def capabilities_of(scheduler: str) -> Capabilities:
+    """What a scheduler can do, without importing its backend (all that planning a job needs)."""
+    from gpuhub.backends.capabilities import CAPABILITIES
+
+    return CAPABILITIES[scheduler]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from gpuhub.backends.capabilities import Capabilities
 from gpuhub.backends.common import launch
 
 if TYPE_CHECKING:
@@ -32,26 +33,6 @@ if TYPE_CHECKING:
     from gpuhub.transport.base import Transport
 
 LAUNCHERS = ("none", "torchrun", "srun")
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a scheduler can do; plan, render and the CLI read these, never the scheduler's name."""
-
-    multi_node: bool = False  # one job may span several nodes
-    arrays: bool = False  # --array
-    dependencies: bool = False  # --after / --dependency
-    requeue: bool = False  # --requeue (signal before the time limit, then requeue)
-    launchers: tuple[str, ...] = ("none", "torchrun")  # values of --launcher it can start
-    connection: str = "required"  # "required", "optional" or "none": the site's `connection` block
-    usage: bool = True  # collect_usage brings GPU hours into the accounting store
-    accounts: bool = True  # --account reaches the scheduler (--project is gpuhub's own: any site)
-    qos: bool = True  # --qos reaches the scheduler
-    directives: bool = True  # --directive lines reach the scheduler
-    # Who stops a job at its walltime: "scheduler" (sbatch --time...) or "gpuhub" (no scheduler:
-    # gpuhub's own watchdog, only when a time was asked for or set by the site).
-    time_limit: str = "scheduler"
-    gpu_locks: bool = False  # GPUs reserved by gpuhub itself: the site's `lab:` block, --wait-for-gpus
 
 
 @dataclass(frozen=True)

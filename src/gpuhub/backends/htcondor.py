@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gpuhub.backends.base import Backend, Capabilities, SiteProblem
+from gpuhub.backends.base import Backend, SiteProblem
+from gpuhub.backends.capabilities import CAPABILITIES
 from gpuhub.backends.common import combine_tasks, job_env, safe_job_name, setup_lines
 from gpuhub.backends.htcondor_parse import job_status, parse_ads, parse_terse, token_constraint
 from gpuhub.errors import RequestError
@@ -98,7 +99,7 @@ def _context(alloc: Allocation, token: str | None) -> dict[str, Any]:
 
 class HTCondorBackend(Backend):
     name = "htcondor"
-    capabilities = Capabilities(arrays=True, connection="optional", qos=False)
+    capabilities = CAPABILITIES["htcondor"]
     files: ClassVar[dict[str, str]] = {"job.sub": "htcondor.sub.j2", "job.sh": "htcondor.sh.j2"}
     plain_files = frozenset({"job.sub"})  # a submit description: shell quoting means nothing there
     usage_source = "condor_history"

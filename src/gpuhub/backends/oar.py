@@ -13,7 +13,8 @@ import shlex
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gpuhub.backends.base import Backend, Capabilities, SiteProblem
+from gpuhub.backends.base import Backend, SiteProblem
+from gpuhub.backends.capabilities import CAPABILITIES
 from gpuhub.backends.common import combine_tasks, job_env, launch, log_paths, requeue_lead, safe_job_name, setup_lines
 from gpuhub.backends.oar_parse import OarJob, parse_oarnodes, parse_oarstat, parse_submit
 from gpuhub.errors import GpuhubError, RequestError
@@ -137,8 +138,7 @@ def script_path(log_dir: str, job_name: str, token: str) -> str:
 
 class OarBackend(Backend):
     name = "oar"
-    capabilities = Capabilities(multi_node=True, arrays=True, dependencies=True, requeue=True,
-                                launchers=("none", "torchrun"), qos=False)  # OAR has queues (-q), no QoS
+    capabilities = CAPABILITIES["oar"]
     files: ClassVar[dict[str, str]] = {"job.oar": "oar.sh.j2"}
     usage_source = "oarstat"
 

@@ -29,7 +29,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gpuhub.backends.base import Backend, Capabilities
+from gpuhub.backends.base import Backend
+from gpuhub.backends.capabilities import CAPABILITIES, Capabilities
 from gpuhub.backends.common import job_env, setup_lines
 from gpuhub.backends.shell_scripts import CANCEL, LAUNCHER, MAIN_FILE, POLL, STARTED, STDERR_FILE, STDOUT_FILE
 from gpuhub.errors import GpuhubError
@@ -157,8 +158,7 @@ class LocalBackend(ShellBackend):
     """This machine."""
 
     name = "local"
-    capabilities = Capabilities(connection="none", time_limit="gpuhub", accounts=False, qos=False,
-                                directives=False)
+    capabilities = CAPABILITIES["local"]
 
     def log_paths(self, scheduler_id: str, job_name: str, log_dir: str, task: int | None = None) -> tuple[str, str]:
         """Absolute: on this machine they mean the same file whatever ``HOME`` is later."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gpuhub.backends.base import Backend, Capabilities, Finding, SiteProblem
+from gpuhub.backends.base import Backend, Finding, SiteProblem
+from gpuhub.backends.capabilities import CAPABILITIES
 from gpuhub.backends.common import (
     REQUEUE_SIGNAL,
     combine_tasks,
@@ -110,9 +111,7 @@ def context(alloc: Allocation, token: str | None) -> dict[str, Any]:
 
 class SlurmBackend(Backend):
     name = "slurm"
-    capabilities = Capabilities(
-        multi_node=True, arrays=True, dependencies=True, requeue=True, launchers=("none", "torchrun", "srun")
-    )
+    capabilities = CAPABILITIES["slurm"]
     files: ClassVar[dict[str, str]] = {"job.sbatch": "slurm.sbatch.j2"}
     usage_source = "sacct"
     stdin_file = "job.sbatch"  # the script goes on stdin: nothing is left behind on either side

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuhub.broker.cache import LiveCache
 from gpuhub.broker.choose import SiteState
@@ -24,12 +24,14 @@ from gpuhub.exporter.readings import NodeGpus, QueueJob, SiteReading
 from gpuhub.plan import Allocation
 from gpuhub.sitedata import Connection as PlainConnection
 from gpuhub.sitedata import Site
-from gpuhub.transport.base import Transport
+
+if TYPE_CHECKING:  # the transports load only when a site is probed, not for a plan from the cache
+    from gpuhub.transport.base import Transport
 
 # (site, transport, monotonic deadline) -> reading
-Reader = Callable[[Site, Transport, float], SiteReading]
+Reader = Callable[[Site, "Transport", float], SiteReading]
 # (site, transport, allocation, timeout) -> (start or None, note); raises GpuhubError when refused
-Estimator = Callable[[Site, Transport, Allocation, float], tuple[datetime | None, str]]
+Estimator = Callable[[Site, "Transport", Allocation, float], tuple[datetime | None, str]]
 
 
 def reading_to_json(reading: SiteReading) -> dict[str, Any]:
@@ -64,6 +66,13 @@ def _start_key(site: Site, alloc: Allocation) -> str:
     return _site_key(site) + json.dumps(alloc.summary(), sort_keys=True, default=str)
 
 
+def _transport_for(site: Site) -> Transport:
+    """The site's transport, imported on the first probe: a plan from the cache opens none."""
+    from gpuhub.transport import transport_for
+
+    return transport_for(site)
+
+
 def default_reader(site: Site, transport: Transport, deadline: float) -> SiteReading:
     from gpuhub.backends import backend_for
 
@@ -90,11 +99,7 @@ class Prober:
     ) -> None:
         self.cache, self.timeout = cache, timeout
         self.reader, self.estimator = reader, estimator
-        if transport_for is None:
-            from gpuhub.transport import transport_for as default
-
-            transport_for = default
-        self.transport_for = transport_for
+        self.transport_for = transport_for or _transport_for
 
     def reading(self, site: Site, refresh: bool = False, deadline: float | None = None) -> tuple[SiteReading, float]:
         """(reading, age) from the cache or a fresh probe; raises what the probe raises."""

@@ -11,7 +11,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from gpuhub.accounting.records import project_of
 from gpuhub.exporter.readings import HOLDING_STATES, JOB_STATES, NodeGpus, QueueJob, SiteReading
 
 if TYPE_CHECKING:
@@ -27,6 +26,8 @@ _SIMPLE_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 def project_label(account: str) -> str:
     """The ``project`` label of an account: its project, or ``none`` for jobs charged to no account."""
+    from gpuhub.accounting.records import project_of  # only the exporter labels projects, not plan
+
     return project_of(account) or NO_PROJECT
 
 

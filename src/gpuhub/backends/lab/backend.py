@@ -13,7 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
-from gpuhub.backends.base import Capabilities, SiteProblem
+from gpuhub.backends.base import SiteProblem
+from gpuhub.backends.capabilities import CAPABILITIES
 from gpuhub.backends.lab import ops
 from gpuhub.backends.lab.discovery import Entry, Probe
 from gpuhub.backends.lab.ops import Launch
@@ -85,8 +86,7 @@ def on_hosts(hosts: list[LabHost], work: Callable[[LabHost], T]) -> dict[str, T 
 class LabBackend(SSHBackend):
     """Lab GPU servers: :class:`SSHBackend` jobs that reserve their GPUs before they run."""
 
-    capabilities = Capabilities(connection="required", gpu_locks=True, time_limit="gpuhub", accounts=False,
-                                qos=False, directives=False)
+    capabilities = CAPABILITIES["ssh"]
 
     def __init__(self) -> None:
         self._notes: dict[str, list[str]] = {}  # token -> where the job went and why
