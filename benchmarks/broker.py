@@ -82,7 +82,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
 
     from gpuhub.broker.api import broker_plan
-    from gpuhub.cli.jobs import build_request
+    from gpuhub.cli.job_opts import build_request
 
     request = build_request({"gpu_type": "v100", "gpus": 2, "time": "30m", "command": ("python", "train.py")})
     start = time.perf_counter()

@@ -163,7 +163,8 @@ def test_load_sites_gives_each_broken_site_its_reason(isolated, tmp_path, monkey
 
 def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolated):
     """A plan over cached readings needs the schedulers' capabilities, not their backends; no
-    site is contacted, so no transport; and the exporter's project labels stay unloaded."""
+    site is contacted, so no transport; the exporter's project labels and the job commands
+    (render, submit, status...) stay unloaded."""
     sites = isolated / "sites"
     sites.mkdir()
     (sites / "testbed2.yaml").write_text((DATA / "broker" / "testbed2.yaml").read_text())
@@ -173,7 +174,7 @@ def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolate
     code = ("import sys\nfrom gpuhub.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    print('EXIT', exc.code, file=sys.stderr)\n"
             "print('LOADED', sorted(m for m in sys.modules if m.startswith(('gpuhub.backends.', 'gpuhub.transport',"
-            " 'gpuhub.accounting'))), file=sys.stderr)")
+            " 'gpuhub.accounting', 'gpuhub.cli.jobs'))), file=sys.stderr)")
     args = ["plan", "--gpus", "1", "-t", "30m", "--", "true"]
     first = subprocess.run([sys.executable, "-c", code, "plan", "--offline", *args[1:]], capture_output=True,
                            text=True, timeout=60, env=env)

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from gpuhub.cli.broker_opts import broker_args, broker_options
-from gpuhub.cli.jobs import build_request, job_options
+from gpuhub.cli.job_opts import build_request, job_options
 from gpuhub.cli.output import emit_json, table
 
 
