@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -43,22 +44,22 @@ def _read_env(path: Path) -> dict[str, str]:
     return out
 
 
+def missing_testbed(message: str) -> NoReturn:
+    """A testbed part a test needs is missing: a failure where it is required (CI), else a skip."""
+    if os.environ.get("GPUHUB_TESTBED") == "require":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def testbed() -> dict[str, str]:
     """Facts about the running testbed; skip (or fail in CI) when it is not up."""
-    required = os.environ.get("GPUHUB_TESTBED") == "require"
     if not TESTBED_ENV.is_file():
-        message = f"Slurm testbed not started ({TESTBED_ENV} missing): run scripts/testbed/up.sh"
-        if required:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_testbed(f"Slurm testbed not started ({TESTBED_ENV} missing): run scripts/testbed/up.sh")
     env = _read_env(TESTBED_ENV)
     probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
-        message = f"Slurm testbed not answering: {probe.stderr.strip()}"
-        if required:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_testbed(f"Slurm testbed not answering: {probe.stderr.strip()}")
     return env
 
 
@@ -69,10 +70,7 @@ TESTBED2_ENV = TESTBED_ENV.with_name("slurm2.env")
 def testbed2(testbed: dict[str, str]) -> dict[str, str]:
     """Facts about the testbed's second cluster (scripts/testbed/slurm2.sh)."""
     if not TESTBED2_ENV.is_file():
-        message = f"second Slurm cluster not started ({TESTBED2_ENV} missing): run scripts/testbed/slurm2.sh"
-        if os.environ.get("GPUHUB_TESTBED") == "require":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_testbed(f"second Slurm cluster not started ({TESTBED2_ENV} missing): run scripts/testbed/slurm2.sh")
     return _read_env(TESTBED2_ENV)
 
 
@@ -90,7 +88,6 @@ PG_ENV = Path(os.environ.get("GPUHUB_TEST_PG_ENV", "/var/lib/gpuhub-testbed/post
 
 def pg_url() -> str:
     """URL of the tests' PostgreSQL (scripts/testbed/postgres.sh); skip, or fail in CI, without one."""
-    required = os.environ.get("GPUHUB_TESTBED") == "require"
     url = ""
     if PG_ENV.is_file():
         for line in PG_ENV.read_text().splitlines():
@@ -98,13 +95,13 @@ def pg_url() -> str:
                 url = line.partition("=")[2].strip()
     message = f"PostgreSQL for tests not set up ({PG_ENV}): run scripts/testbed/postgres.sh"
     if not url:
-        pytest.fail(message) if required else pytest.skip(message)
+        missing_testbed(message)
     try:
         import psycopg
 
         psycopg.connect(url, connect_timeout=5).close()
     except Exception as exc:  # not installed, not running
-        (pytest.fail if required else pytest.skip)(f"PostgreSQL for tests not reachable: {exc}")
+        missing_testbed(f"PostgreSQL for tests not reachable: {exc}")
     return url
 
 
@@ -114,17 +111,16 @@ OAR_ENV = Path(os.environ.get("GPUHUB_TEST_OAR_ENV", "/var/lib/gpuhub-testbed/oa
 @pytest.fixture(scope="session")
 def oar_testbed(testbed: dict[str, str]) -> dict[str, str]:
     """Facts about the running OAR (scripts/testbed/oar.sh); skip, or fail in CI, without it."""
-    fail = pytest.fail if os.environ.get("GPUHUB_TESTBED") == "require" else pytest.skip
     if not OAR_ENV.is_file():
-        fail(f"OAR testbed not started ({OAR_ENV} missing): run scripts/testbed/oar.sh")
+        missing_testbed(f"OAR testbed not started ({OAR_ENV} missing): run scripts/testbed/oar.sh")
     probe = subprocess.run(["oarstat", "-J", "-j", "1"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
-        fail(f"OAR testbed not answering: {probe.stderr.strip() or probe.stdout.strip()}")
+        missing_testbed(f"OAR testbed not answering: {probe.stderr.strip() or probe.stdout.strip()}")
     pid_file = Path("/run/oar-server.pid")
     pid = pid_file.read_text().strip() if pid_file.is_file() else ""
     comm = Path(f"/proc/{pid}/comm")
     if not (pid.isdigit() and comm.is_file() and comm.read_text().strip() == "Almighty"):
-        fail("OAR server (Almighty) not running: run scripts/testbed/oar.sh")
+        missing_testbed("OAR server (Almighty) not running: run scripts/testbed/oar.sh")
     return {**testbed, **_read_env(OAR_ENV)}
 
 
@@ -134,10 +130,6 @@ CONDOR_ENV = Path(os.environ.get("GPUHUB_TEST_CONDOR_ENV", "/var/lib/gpuhub-test
 @pytest.fixture(scope="session")
 def condor_testbed(testbed: dict[str, str]) -> dict[str, str]:
     """The fake condor_* commands of scripts/testbed/htcondor.sh; skip (or fail in CI) without them."""
-    required = os.environ.get("GPUHUB_TESTBED") == "require"
     if not CONDOR_ENV.is_file() or not Path("/usr/local/bin/condor_q").is_file():
-        message = f"fake HTCondor not installed ({CONDOR_ENV} missing): run scripts/testbed/htcondor.sh"
-        if required:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_testbed(f"fake HTCondor not installed ({CONDOR_ENV} missing): run scripts/testbed/htcondor.sh")
     return {**testbed, **_read_env(CONDOR_ENV)}

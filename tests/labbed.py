@@ -13,22 +13,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 LAB_ENV = Path("/var/lib/gpuhub-testbed/labserver.env")
 
 
 def lab_env(testbed: dict[str, str]) -> dict[str, str]:
     """testbed.env plus labserver.env; skip (or fail in CI) without the lab additions."""
-    import os
-
-    from conftest import _read_env
+    from conftest import _read_env, missing_testbed
 
     if not LAB_ENV.is_file():
-        message = f"lab-server testbed not set up ({LAB_ENV} missing): run scripts/testbed/labserver.sh"
-        if os.environ.get("GPUHUB_TESTBED") == "require":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_testbed(f"lab-server testbed not set up ({LAB_ENV} missing): run scripts/testbed/labserver.sh")
     return {**testbed, **_read_env(LAB_ENV)}
 
 

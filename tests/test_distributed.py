@@ -7,7 +7,6 @@ The jobs run as the testbed's login user with the venv made by scripts/testbed/j
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing_testbed
 from gpuhub import jobs as jobs_api
 from gpuhub.ledger import Ledger
 from gpuhub.registry import load_site
@@ -30,10 +30,7 @@ JOB_PYTHON_ENV = Path("/var/lib/gpuhub-testbed/job-python.env")
 @pytest.fixture
 def site(testbed, tmp_path, monkeypatch):
     if not JOB_PYTHON_ENV.is_file():
-        message = "no job Python on the testbed: run scripts/testbed/job-python.sh"
-        if os.environ.get("GPUHUB_TESTBED") == "require":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_testbed("no job Python on the testbed: run scripts/testbed/job-python.sh")
     python = JOB_PYTHON_ENV.read_text().strip().split("=", 1)[1]
     override = tmp_path / "sites"
     override.mkdir()
