@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,14 @@ def gpuhub(condor_testbed, tmp_path, monkeypatch):
         return proc
 
     return run
+
+
+def stored_runs(db: str) -> dict[tuple[str, int, int], tuple]:
+    """The usage database's runs of the pool: (job id, submit, start) -> what is stored of them."""
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT job_id, submit_time, start_time, end_time, wall_seconds, gpus, state "
+                            "FROM usage_records_v WHERE site = 'testbed-condor'").fetchall()
+    return {(r[0], r[1], r[2]): r[3:] for r in rows}
 
 
 def status(gpuhub, ref: str) -> dict:
@@ -73,9 +83,18 @@ def test_submit_status_logs_follow_cancel_usage(gpuhub, tmp_path):
     collected = json.loads(gpuhub("usage", "collect", "--site", "testbed-condor", "--since", since, "--db", db,
                                   "--json").stdout)
     assert collected[0]["ok"] and collected[0]["new"] >= 2
+    ours = {status(gpuhub, ref)["scheduler_id"] for ref in ("1", "2")}
+    ours = {i if "." in i else f"{i}.0" for i in ours}
+    before = stored_runs(db)
+    assert ours <= {key[0] for key in before}
     again = json.loads(gpuhub("usage", "collect", "--site", "testbed-condor", "--since", since, "--db", db,
                               "--json").stdout)
-    assert again[0]["new"] == 0 and again[0]["updated"] == 0
+    after = stored_runs(db)
+    # Collecting again changes nothing of ours; other tests' jobs on the shared pool may have
+    # started or ended in between, and exactly those are counted.
+    assert {k: v for k, v in after.items() if k[0] in ours} == {k: v for k, v in before.items() if k[0] in ours}
+    assert again[0]["new"] == len(after.keys() - before.keys())
+    assert again[0]["updated"] == sum(1 for k in before.keys() & after.keys() if before[k] != after[k])
     report = json.loads(gpuhub("usage", "report", "--db", db, "--site", "testbed-condor", "--by", "project",
                                "--format", "json").stdout)
     assert report["rows"] and report["rows"][0]["project"]
