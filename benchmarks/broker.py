@@ -2,7 +2,7 @@
 of 3 real sites, side by side with the start-up every gpuhub command pays.
 
 Needs the testbed with its second cluster (scripts/testbed/up.sh, scripts/testbed/slurm2.sh).
-Run: python benchmarks/broker.py [--runs 20]
+Run: python benchmarks/broker.py [--runs 20] [--python OTHER_INTERPRETER]
 
 The 50 sites are copies of the two testbed clusters' site files (25 each, so their probes are
 real); the 3 live sites are testbed, testbed2 and a copy of testbed2. Printed per case: median,
@@ -10,7 +10,10 @@ min and max wall time over the runs.
   * in-process: `broker_plan()` end to end (load the 50 site files, feasibility, cached readings
     and start estimates, rank) in one process, as a script or a server would call it;
   * CLI: `python -m gpuhub plan ...` as a user types it, including interpreter start and imports,
-    with `gpuhub --help` and `gpuhub render` (local) as the start-up baseline.
+    with `gpuhub --help` and `gpuhub render` (local) as the start-up baseline. With --python, the
+    CLI cases also run (in turns) with that interpreter, e.g. the one of a venv where gpuhub is
+    installed as users install it: its `python -c pass` can be far below that of an interpreter
+    whose site-packages load .pth files at every start. Both run this checkout's code (PYTHONPATH).
 Targets: 50 sites with cached state < 100 ms; 3 live sites < 1.5 s.
 """
 
@@ -30,21 +33,34 @@ SITES = [REPO / "tests" / "data" / "sites" / "testbed.yaml", REPO / "tests" / "d
 JOB = ["--gpu-type", "v100", "--gpus", "2", "-t", "30m", "--", "python", "train.py"]
 
 
-def stats(label: str, times: list[float]) -> float:
-    ms = [t * 1000 for t in times]
-    print(f"{label:<58} {statistics.median(ms):8.1f} {min(ms):8.1f} {max(ms):8.1f}")
-    return statistics.median(ms)
+def stats(label: str, *columns: list[float]) -> list[float]:
+    """One row: median, min and max of each column of times (seconds); the medians in ms."""
+    medians, cells = [], ""
+    for times in columns:
+        ms = [t * 1000 for t in times]
+        medians.append(statistics.median(ms))
+        cells += f" {medians[-1]:8.1f} {min(ms):8.1f} {max(ms):8.1f}"
+    print(f"{label:<58}{cells}")
+    return medians
 
 
-def cli(args: list[str], runs: int, env: dict[str, str]) -> list[float]:
-    out = []
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+    return elapsed
+
+
+def cli(pythons: list[str], argv: list[str], runs: int, env: dict[str, str] | None) -> list[list[float]]:
+    """Times of ``python [-m gpuhub] argv`` per interpreter, run in turns so that a burst of load
+    on the machine hits every column alike. ``env`` None: a bare ``python argv``."""
+    times: list[list[float]] = [[] for _ in pythons]
     for _ in range(runs):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "gpuhub", *args], env=env, capture_output=True, text=True)
-        out.append(time.perf_counter() - start)
-        if proc.returncode not in (0,):
-            sys.exit(f"gpuhub {' '.join(args)} failed: {proc.stderr.strip()}")
-    return out
+        for column, python in zip(times, pythons, strict=True):
+            column.append(timed([python, *(["-m", "gpuhub"] if env is not None else []), *argv], env))
+    return times
 
 
 def write_sites(directory: Path, count: int) -> list[str]:
@@ -61,7 +77,9 @@ def write_sites(directory: Path, count: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--python", help="another interpreter to run the CLI cases with, beside this one")
     args = parser.parse_args()
+    pythons = [sys.executable, *([args.python] if args.python else [])]
     if not Path("/var/lib/gpuhub-testbed/slurm2.env").is_file():
         sys.exit("the second testbed cluster is not running: bash scripts/testbed/slurm2.sh")
     tmp = Path(tempfile.mkdtemp(prefix="gpuhub-bench-broker-"))
@@ -89,22 +107,26 @@ def main() -> None:
     warm = broker_plan(request, refresh=True)
     print(f"filling the cache: live probes of 50 sites in {time.perf_counter() - start:.2f} s; "
           f"{len(warm.rows)} candidate rows, chosen {warm.chosen.site}/{warm.chosen.allocation.partition_key}")
-    print(f"{'case (ms)':<58} {'median':>8} {'min':>8} {'max':>8}   ({args.runs} runs)")
+    for i, python in enumerate(pythons):
+        print(f"column {i + 1}: {python}")
+    columns = "".join(f" {'median':>8} {'min':>8} {'max':>8}" for _ in pythons)
+    print(f"{'case (ms)':<58}{columns}   ({args.runs} runs)")
     times = []
     for _ in range(args.runs):
         start = time.perf_counter()
         result = broker_plan(request)
         times.append(time.perf_counter() - start)
         assert len(result.rows) == len(warm.rows) and result.live
-    stats("in-process broker_plan(), 50 sites, cached state", times)
-    planned = stats("CLI `gpuhub plan`, 50 sites, cached state", cli(["plan", *JOB], args.runs, env))
-    stats("CLI `gpuhub plan --offline`, 50 sites (no state at all)", cli(["plan", "--offline", *JOB], args.runs, env))
-    stats("baseline: CLI `gpuhub --help`", cli(["--help"], args.runs, env))
-    stats("baseline: CLI `gpuhub render` (local site)", cli(["render", "--", "true"], args.runs, env))
-    bare = stats("baseline: python -c pass", [t for t in (_bare() for _ in range(args.runs))])
+    stats("in-process broker_plan(), 50 sites, cached state (column 1)", times)
+    planned = stats("CLI `gpuhub plan`, 50 sites, cached state", *cli(pythons, ["plan", *JOB], args.runs, env))
+    stats("CLI `gpuhub plan --offline`, 50 sites (no state at all)",
+          *cli(pythons, ["plan", "--offline", *JOB], args.runs, env))
+    stats("baseline: CLI `gpuhub --help`", *cli(pythons, ["--help"], args.runs, env))
+    stats("baseline: CLI `gpuhub render` (local site)", *cli(pythons, ["render", "--", "true"], args.runs, env))
+    bare = stats("baseline: python -c pass", *cli(pythons, ["-c", "pass"], args.runs, None))
     # The 100 ms target was set where `python -c pass` took 23 ms: what gpuhub adds is comparable.
-    print(f"{'CLI `gpuhub plan` minus python -c pass (medians)':<58} {planned - bare:8.1f}"
-          f"   (target: under {100 - 23} ms)")
+    added = "".join(f" {p - b:8.1f}{'':18}" for p, b in zip(planned, bare, strict=True))
+    print(f"{'CLI `gpuhub plan` minus python -c pass (medians)':<58}{added}   (target: under {100 - 23} ms)")
 
     times = []
     for _ in range(max(3, args.runs // 4)):
@@ -117,13 +139,7 @@ def main() -> None:
         assert {r.site for r in result.rows} == set(live3), result.excluded
     stats("in-process broker_plan(), 3 real sites, live probes", times)
     stats("CLI `gpuhub plan --refresh`, 3 real sites, live probes",
-          cli(["plan", "--refresh", "--sites", ",".join(live3), *JOB], max(3, args.runs // 4), env))
-
-
-def _bare() -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
-    return time.perf_counter() - start
+          *cli(pythons, ["plan", "--refresh", "--sites", ",".join(live3), *JOB], max(3, args.runs // 4), env))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ Target: every command that contacts no site at most 0.15 s wall (median) on the 
 machine (2 cores), with the validated-site cache warm (any run after the site files last
 changed). The first run after a change reads every site file again: shown as "cold".
 
-Run: python benchmarks/startup.py [--runs 20] [--baseline OTHER_CHECKOUT]
+Run: python benchmarks/startup.py [--runs 20] [--baseline OTHER_CHECKOUT] [--python INTERPRETER]
 It times this checkout (PYTHONPATH=src) through the installed `gpuhub` console script, with a
 scratch home: an empty ledger, the shipped sites and a user override file. With --baseline, the
 same commands of another checkout (an older gpuhub) are timed in turns with this one, so both
-columns see the same machine load.
+columns see the same machine load. With --python, every command (`python -c pass` included)
+runs with that interpreter instead, through its own `gpuhub` script if it has one (a venv where
+gpuhub is installed, as users install it), else `INTERPRETER -m gpuhub`.
 """
 
 from __future__ import annotations
@@ -53,16 +55,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--baseline", type=Path, help="another gpuhub checkout to time in turns with this one")
+    parser.add_argument("--python", help="the interpreter to run every command with (default: this one)")
     args = parser.parse_args()
-    script = Path(sys.executable).parent / "gpuhub"
-    exe = [str(script)] if script.exists() else [shutil.which("gpuhub") or "gpuhub"]
+    python = args.python or sys.executable
+    script = Path(python).parent / "gpuhub"
+    if script.exists():
+        exe = [str(script)]
+    elif args.python:
+        exe = [python, "-m", "gpuhub"]
+    else:
+        exe = [shutil.which("gpuhub") or "gpuhub"]
     scratch = Path(tempfile.mkdtemp(prefix="gpuhub-startup-"))
     repos = {"this": REPO, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
     envs = {name: environment(repo, scratch / name) for name, repo in repos.items()}
     render_jz = [*exe, "render", "--site", "jean-zay", "--gpu-type", "a100", "--gpus", "16", "--time", "10h", "--",
                  "python", "train.py"]
     cases = {
-        "python -c pass": [sys.executable, "-c", "pass"],
+        "python -c pass": [python, "-c", "pass"],
         "gpuhub --help": [*exe, "--help"],
         "gpuhub sites list": [*exe, "sites", "list"],
         "gpuhub sites show jean-zay": [*exe, "sites", "show", "jean-zay"],
@@ -74,7 +83,7 @@ def main() -> None:
     for env in envs.values():  # warm the cache (a checkout without one simply reads its files)
         subprocess.run(cases["gpuhub sites list"], env=env, check=True, stdout=subprocess.DEVNULL)
     columns = "".join(f" {name + ' median':>16} {'min':>6}" for name in repos)
-    print(f"{'command (seconds)':<28}{columns}  target  ({args.runs} runs each, {exe[0]})")
+    print(f"{'command (seconds)':<28}{columns}  target  ({args.runs} runs each, {' '.join(exe)})")
     for label, argv in cases.items():
         times: dict[str, list[float]] = {name: [] for name in repos}
         for _ in range(args.runs):
