@@ -35,10 +35,36 @@ def test_cache_round_trip_ttl_and_junk(tmp_path):
     assert back.nodes == READING.nodes and back.jobs[0].gpus == {"v100": 2} and back.jobs[0].user == ""
     assert "alice" not in json.dumps(value)  # no user names kept
     assert 0 <= age < 5 and not list((tmp_path / "live").glob(".tmp-*"))
-    path = next((tmp_path / "live").glob("reading-*.json"))
-    path.write_text("{not json")
-    assert cache.get("reading", "k") is None
+    assert LiveCache(tmp_path / "live", ttl=30).get("reading", "k")[0] == value  # another command sees it
+    assert (tmp_path / "live" / "state.json").stat().st_mode & 0o077 == 0
+    (tmp_path / "live" / "state.json").write_text("{not json")
+    assert LiveCache(tmp_path / "live", ttl=30).get("reading", "k") is None
     assert LiveCache(tmp_path / "live", ttl=0).get("reading", "k") is None
+
+
+def test_cache_is_one_file_merged_and_pruned(tmp_path):
+    """Every entry in one file; a write keeps what another command wrote meanwhile and drops
+    what is past the TTL; files of the one-file-per-entry layout go away."""
+    (tmp_path / "reading-0123.json").write_text("{}")
+    first, second = LiveCache(tmp_path, ttl=30), LiveCache(tmp_path, ttl=30)
+    assert first.get("reading", "a") is None and second.get("reading", "b") is None  # both read the file
+    first.put("reading", "a", 1)
+    second.put("reading", "b", 2)
+    third = LiveCache(tmp_path, ttl=30)
+    assert third.get("reading", "a")[0] == 1 and third.get("reading", "b")[0] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    stored = json.loads((tmp_path / "state.json").read_text())
+    stored["entries"]["reading a"][0] -= 60  # written a minute ago: past the TTL
+    (tmp_path / "state.json").write_text(json.dumps(stored))
+    assert LiveCache(tmp_path, ttl=30).get("reading", "a") is None
+    LiveCache(tmp_path, ttl=30).put("start", "c", 3)
+    assert set(json.loads((tmp_path / "state.json").read_text())["entries"]) == {"reading b", "start c"}
+    with third.batch():
+        third.put("start", "d", 4)
+        assert LiveCache(tmp_path, ttl=30).get("start", "d") is None  # not written before the batch ends
+    assert LiveCache(tmp_path, ttl=30).get("start", "d")[0] == 4
+    (tmp_path / "state.json").write_bytes(b" " * (8 * 1024 * 1024 + 1))  # oversized: a miss, not a read
+    assert LiveCache(tmp_path, ttl=30).get("start", "d") is None
 
 
 def test_concurrent_writers_never_leave_a_torn_entry(tmp_path):
@@ -49,7 +75,7 @@ def test_concurrent_writers_never_leave_a_torn_entry(tmp_path):
 
     def reader():
         while not stop.is_set():
-            hit = cache.get("x", "k")
+            hit = LiveCache(tmp_path, ttl=30).get("x", "k")  # from the file, as another command reads it
             if hit is not None and len(hit[0]["nodes"]) != 2000:
                 bad.append(hit)
 
@@ -161,20 +187,27 @@ def test_load_sites_gives_each_broken_site_its_reason(isolated, tmp_path, monkey
     assert loaded[0].partitions["v100"].gpus_per_node == 2
 
 
+# Start-up costs a plan from the cache does not pay: writing files (tempfile), digests (hashlib
+# loads OpenSSL). Checked among the modules gpuhub loads, not those the interpreter started with.
+NOT_ON_A_CACHED_PLAN = ("tempfile", "hashlib")
+
+
 def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolated):
     """A plan over cached readings needs the schedulers' capabilities, not their backends; no
     site is contacted, so no transport; the exporter's project labels and the job commands
-    (render, submit, status...) stay unloaded."""
+    (render, submit, status...) stay unloaded; nor does what only writing a cache needs."""
     sites = isolated / "sites"
     sites.mkdir()
     (sites / "testbed2.yaml").write_text((DATA / "broker" / "testbed2.yaml").read_text())
     (isolated / "config").mkdir()
     (isolated / "config" / "broker.yaml").write_text("sites: [testbed2]\ncache_ttl: 3600\n")
     env = {**os.environ, "GPUHUB_SITES": str(sites)}
-    code = ("import sys\nfrom gpuhub.cli import main\n"
+    code = ("import sys\nbefore = set(sys.modules)\nfrom gpuhub.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    print('EXIT', exc.code, file=sys.stderr)\n"
             "print('LOADED', sorted(m for m in sys.modules if m.startswith(('gpuhub.backends.', 'gpuhub.transport',"
-            " 'gpuhub.accounting', 'gpuhub.cli.jobs'))), file=sys.stderr)")
+            " 'gpuhub.accounting', 'gpuhub.cli.jobs'))), file=sys.stderr)\n"
+            f"print('STDLIB', sorted(m for m in {NOT_ON_A_CACHED_PLAN!r} if m in set(sys.modules) - before),"
+            " file=sys.stderr)")
     args = ["plan", "--gpus", "1", "-t", "30m", "--", "true"]
     first = subprocess.run([sys.executable, "-c", code, "plan", "--offline", *args[1:]], capture_output=True,
                            text=True, timeout=60, env=env)
@@ -187,4 +220,5 @@ def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolate
     again = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=env)
     assert "EXIT 0" in again.stderr and "LOADED ['gpuhub.backends.capabilities', 'gpuhub.backends.shell_scripts']" \
         in again.stderr, again.stderr
+    assert "STDLIB []" in again.stderr, again.stderr
     assert "3/4" in again.stdout, again.stdout  # the cached reading: 4 v100, 1 in use

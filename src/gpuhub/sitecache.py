@@ -14,11 +14,11 @@ damaged or stale cache is simply rebuilt; ``GPUHUB_SITE_CACHE=off`` disables it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import stat
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,9 +102,17 @@ def _pydantic_stamp() -> tuple[Any, ...]:
     return (origin, st.st_mtime_ns, st.st_size)
 
 
+def file_tag(text: str) -> str:
+    """A short name for the cache file of ``text`` (its search paths) in this Python environment:
+    gpuhub installed in two venvs keeps two caches, not one each rebuilds after the other (their
+    pydantic or gpuhub differ, so do their keys). Only a name: the file holds the whole key and a
+    reader checks it, so two sharing a name only rebuild each other's cache, never read a wrong
+    one; crc32 loads no OpenSSL at start-up, unlike hashlib."""
+    return f"{zlib.crc32(repr((sys.prefix, text)).encode()):08x}"
+
+
 def _file_for(layers: list[tuple[str, Path]]) -> Path:
-    digest = hashlib.sha256(repr([(n, str(p)) for n, p in layers]).encode()).hexdigest()[:16]
-    return cache_dir() / f"sites-{digest}.pickle"
+    return cache_dir() / f"sites-{file_tag(repr([(n, str(p)) for n, p in layers]))}.pickle"
 
 
 def private(st: os.stat_result) -> bool:

@@ -11,7 +11,6 @@ same trust and keys as the validated-site cache (:mod:`gpuhub.sitecache`): as lo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -90,8 +89,7 @@ def load_config(extra_prefer: list[str] | None = None) -> BrokerSettings:
     """The merged settings; ``extra_prefer`` (from ``--prefer``) replaces the configured order."""
     files = config_files()
     key = _stamp(files)
-    digest = hashlib.sha256(repr([str(p) for p in files]).encode()).hexdigest()[:16]
-    cache = sitecache.cache_dir() / f"broker-{digest}.pickle"
+    cache = sitecache.cache_dir() / f"broker-{sitecache.file_tag(repr([str(p) for p in files]))}.pickle"
     stored = sitecache.read_private(cache)
     if isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("settings"), BrokerSettings):
         settings = stored["settings"]

@@ -163,6 +163,10 @@ class Prober:
 
     def gather(self, fitted: list[SiteFit], refresh: bool = False) -> dict[str, SiteState]:
         """A state for every feasible site, in parallel; a site silent past the timeout is skipped."""
+        with self.cache.batch():  # one write of the cache for all the sites probed
+            return self._gather(fitted, refresh)
+
+    def _gather(self, fitted: list[SiteFit], refresh: bool) -> dict[str, SiteState]:
         results: dict[str, SiteState] = {}
         deadline = time.monotonic() + self.timeout
         threads = []
