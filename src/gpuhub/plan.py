@@ -7,10 +7,10 @@ Pure: no I/O. Every choice made for the user is recorded in ``Allocation.reasons
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gpuhub.errors import RequestError
+from gpuhub.record import Record
 from gpuhub.units import format_memory, format_walltime
 from gpuhub.values import TOKEN_HELP, TOKEN_RE
 
@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 DEFAULT_WALLTIME = 3600
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(Record):
     """The concrete resources a request gets on a site."""
 
     site: Site
@@ -40,7 +39,7 @@ class Allocation:
     qos: str | None
     account: str | None
     launcher: str = "none"
-    reasons: tuple[str, ...] = field(default=())
+    reasons: tuple[str, ...] = ()
     # When the job is stopped (seconds); None: it runs until it ends (no scheduler, no time asked).
     time_limit: int | None = None
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuhub import sitecache
 from gpuhub.errors import ConfigError, shown
 from gpuhub.paths import shipped_dir, system_sites_dir, user_sites_dir
+from gpuhub.record import Record
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -29,14 +29,12 @@ SUFFIXES = sitecache.SUFFIXES
 MAX_PROBLEMS = 50  # problems of one site file reported
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(Record):
     name: str  # shipped, system, user, env
     path: Path
 
 
-@dataclass(frozen=True)
-class SiteSource:
+class SiteSource(Record):
     """One file contributing to a site, with its parsed content."""
 
     layer: str

@@ -19,13 +19,13 @@ import pickle
 import stat
 import sys
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpuhub import __version__
+from gpuhub.record import Factory, Record
 
-FORMAT = 2  # 2: sites kept as gpuhub.sitedata classes
+FORMAT = 3  # 2: sites kept as gpuhub.sitedata classes; 3: entries as gpuhub.record classes
 SUFFIXES = (".yaml", ".yml")
 _PACKAGE = Path(__file__).resolve().parent
 # The code whose behaviour a cached result depends on: a change to it (a checkout being worked
@@ -33,16 +33,15 @@ _PACKAGE = Path(__file__).resolve().parent
 _CODE_DIRS = (_PACKAGE, _PACKAGE / "backends", _PACKAGE / "broker")
 
 
-@dataclass
-class Entry:
+class Entry(Record, frozen=False):
     """One site: the files it comes from, then either the validated site or the error it raised."""
 
     sources: list[tuple[str, str]]  # (layer, path), lowest layer first
     site: bytes | None = None  # pickled gpuhub.sitedata.Site
     error: str | None = None  # the first problem, as commands using the site print it
     problems: list[str] | None = None  # every problem, for `sites validate`
-    summary: dict[str, Any] = field(default_factory=dict)  # what `sites list` shows
-    views: dict[str, Any] = field(default_factory=dict)  # what `sites show` prints: "text", "json"
+    summary: dict[str, Any] = Factory(dict)  # what `sites list` shows
+    views: dict[str, Any] = Factory(dict)  # what `sites show` prints: "text", "json"
 
 
 def cache_dir() -> Path:

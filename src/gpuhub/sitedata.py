@@ -11,8 +11,9 @@ what it writes) makes them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
+
+from gpuhub.record import Factory, Record
 
 
 class SiteMethods:
@@ -43,66 +44,18 @@ class LabHostMethods:
         return self.host or self.name
 
 
-class Factory:
-    """A default made afresh for each instance (a list, a dict, a nested settings object)."""
+class Plain(Record):
+    """A frozen record mirroring a model: fields by keyword only, and the fields the site file gave."""
 
-    __slots__ = ("make",)
-
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
-
-
-_MISSING = object()
-
-
-class Plain:
-    """A frozen record whose fields are its class annotations, in order; a class attribute is
-    a field's default. (Not ``dataclasses``: building a dataclass compiles its methods, which at
-    every start-up cost more than all of the rest of this module.)"""
-
-    _fields: ClassVar[tuple[str, ...]] = ()
-    # The fields the site file gave (the rest are defaults), as pydantic's ``model_fields_set``:
-    # an SSH setting left out of the site file yields to ~/.ssh/config.
-    model_fields_set: frozenset[str]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        own = [name for name, kind in cls.__annotations__.items()  # its own (Python 3.10 and later)
-               if not str(kind).startswith("ClassVar")]
-        cls._fields = (*cls._fields, *own)
+    if TYPE_CHECKING:  # not a field: what pydantic's ``model_fields_set`` says (kept by __init__)
+        # The fields the site file gave (the rest are defaults): an SSH setting left out of the
+        # site file yields to ~/.ssh/config.
+        model_fields_set: frozenset[str]
 
     def __init__(self, **values: Any) -> None:
-        cls = type(self)
-        setattr_ = object.__setattr__
-        for name in cls._fields:
-            value = values.pop(name, _MISSING)
-            if value is _MISSING:
-                value = getattr(cls, name, _MISSING)
-                if value is _MISSING:
-                    raise TypeError(f"{cls.__name__}: missing field {name!r}")
-                if isinstance(value, Factory):
-                    value = value.make()
-            setattr_(self, name, value)
-        setattr_(self, "model_fields_set", frozenset(values.pop("model_fields_set", ())))
-        if values:
-            raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(map(repr, values))}")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen: use model_copy(update=...)")
-
-    __delattr__ = __setattr__  # type: ignore[assignment]
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self._fields)})"
+        given = frozenset(values.pop("model_fields_set", ()))
+        super().__init__(**values)
+        self.__dict__["model_fields_set"] = given
 
     def model_copy(self, *, update: dict[str, Any] | None = None) -> Any:
         """A copy with some fields replaced (not validated), as pydantic's ``model_copy``."""

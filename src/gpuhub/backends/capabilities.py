@@ -7,11 +7,10 @@ Each backend class takes its own entry, so a scheduler's capabilities are writte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from gpuhub.record import Record
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(Record):
     """What a scheduler can do; plan, render and the CLI read these, never the scheduler's name."""
 
     multi_node: bool = False  # one job may span several nodes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ from gpuhub.broker.rank import Row, make_row, over_allocation, rank
 from gpuhub.errors import RequestError
 from gpuhub.exporter.readings import SiteReading
 from gpuhub.exporter.samples import GpuModels
+from gpuhub.record import Factory, Record
 
 if TYPE_CHECKING:
     from gpuhub.broker.config import BrokerConfig
@@ -19,19 +19,17 @@ if TYPE_CHECKING:
     from gpuhub.site import Site
 
 
-@dataclass(frozen=True)
-class SiteState:
+class SiteState(Record):
     """What one site's probe said: a reading, or why there is none."""
 
     reading: SiteReading | None = None
     error: str | None = None  # the site could not be probed: it is skipped with this reason
-    starts: dict[str, tuple[datetime | None, str]] = field(default_factory=dict)  # partition key -> (start, note)
-    refused: dict[str, str] = field(default_factory=dict)  # partition key -> the scheduler's refusal
+    starts: dict[str, tuple[datetime | None, str]] = Factory(dict)  # partition key -> (start, note)
+    refused: dict[str, str] = Factory(dict)  # partition key -> the scheduler's refusal
     age: float = 0.0  # seconds since the probe ran (cached readings are older than 0)
 
 
-@dataclass
-class BrokerPlan:
+class BrokerPlan(Record, frozen=False):
     rows: list[Row]
     excluded: dict[str, str]  # site -> reason
     live: bool

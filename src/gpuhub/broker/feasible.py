@@ -8,11 +8,11 @@ left out entirely can say why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gpuhub.errors import RequestError
 from gpuhub.plan import Allocation, plan
+from gpuhub.record import Factory, Record
 from gpuhub.units import format_memory
 
 if TYPE_CHECKING:
@@ -21,14 +21,13 @@ if TYPE_CHECKING:
     from gpuhub.site import Partition, Site
 
 
-@dataclass(frozen=True)
-class SiteFit:
+class SiteFit(Record):
     """The partitions of one site that can take the request, and why the others cannot."""
 
     site: Site
-    allocations: list[Allocation] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)  # partition key -> reason
-    other_models: dict[str, str] = field(default_factory=dict)  # partition key -> its model, not the one asked
+    allocations: list[Allocation] = Factory(list)
+    rejected: dict[str, str] = Factory(dict)  # partition key -> reason
+    other_models: dict[str, str] = Factory(dict)  # partition key -> its model, not the one asked
     asked: str = ""
 
     @property

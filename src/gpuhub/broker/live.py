@@ -8,18 +8,17 @@ plan``, ``gpuhub gpus`` and the exporter agree on what is free.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 
 from gpuhub.exporter.readings import HOLDING_STATES, NodeGpus, SiteReading
 from gpuhub.exporter.samples import ANY_MODEL, GpuModels
 from gpuhub.plan import Allocation
+from gpuhub.record import Record
 
 _SIMPLE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-@dataclass(frozen=True)
-class PartitionLive:
+class PartitionLive(Record):
     """What a partition can give a job right now."""
 
     total: int  # GPUs of the job's model in the partition, available nodes or not

@@ -10,27 +10,26 @@ The chosen row says which of these put it ahead of the runner-up.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from gpuhub.broker.live import PartitionLive
 from gpuhub.plan import Allocation
+from gpuhub.record import Factory, Record
 from gpuhub.units import format_walltime
 
 if TYPE_CHECKING:
     from gpuhub.broker.config import BrokerConfig
 
 
-@dataclass
-class Row:
+class Row(Record, frozen=False):
     allocation: Allocation
     live: PartitionLive | None  # None: planned from the site file alone (--offline, or no probe)
     cost: float  # normalised GPU hours the job can use up
     factor: float  # GPU-hour weight of the partition's GPU model
     preference: int | None
     allocation_left: float | None
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = Factory(list)
     chosen: bool = False
 
     @property

@@ -8,7 +8,8 @@ site's ``gpu_model`` names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+
+from gpuhub.record import Factory, Record
 
 # Job states as exported: a small fixed set, whatever the scheduler calls them.
 JOB_STATES = ("pending", "held", "running", "completing", "suspended", "other")
@@ -16,8 +17,7 @@ JOB_STATES = ("pending", "held", "running", "completing", "suspended", "other")
 HOLDING_STATES = frozenset({"running", "completing", "suspended"})
 
 
-@dataclass(frozen=True)
-class NodeGpus:
+class NodeGpus(Record):
     """The GPUs of one node (one machine, one HTCondor startd)."""
 
     name: str
@@ -29,8 +29,7 @@ class NodeGpus:
     per_host: bool = False  # also exported by host (lab servers: a few named machines)
 
 
-@dataclass(frozen=True)
-class QueueJob:
+class QueueJob(Record):
     """One job (one array task) in the queue. Never carries its id: ids are not labels."""
 
     state: str  # one of JOB_STATES
@@ -40,9 +39,8 @@ class QueueJob:
     user: str = ""
 
 
-@dataclass(frozen=True)
-class SiteReading:
-    nodes: list[NodeGpus] = field(default_factory=list)
+class SiteReading(Record):
+    nodes: list[NodeGpus] = Factory(list)
     jobs: list[QueueJob] | None = None  # None: this kind of site has no queue to read
     default_partition: str | None = None
 
