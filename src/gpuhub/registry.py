@@ -78,12 +78,16 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-SITE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)
+SITE_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"  # compiled on first use: a plan from the cache names no site
+
+
+def valid_site_name(name: str) -> bool:
+    return re.fullmatch(SITE_NAME, name, re.ASCII) is not None
 
 
 def site_sources(name: str) -> list[SiteSource]:
     """Every file that contributes to site ``name``, lowest layer first."""
-    if not SITE_NAME_RE.fullmatch(name):
+    if not valid_site_name(name):
         raise ConfigError(
             f"site {shown(name)}: a site name is 1 to 64 lower-case letters, digits, '-' or '_' "
             "(see `gpuhub sites list`)"
@@ -118,7 +122,7 @@ class SiteError(ConfigError):
 def load_site(name: str) -> PlainSite:
     """The merged, validated site ``name`` (as plain classes, see :mod:`gpuhub.sitedata`);
     ConfigError if unknown or invalid."""
-    if not SITE_NAME_RE.fullmatch(name):
+    if not valid_site_name(name):
         site_sources(name)  # raises the error that explains site names
     entry = validated().get(name)
     if entry is None:
@@ -185,7 +189,7 @@ def summary(site: Site) -> dict[str, Any]:
 
 def site_entry(name: str) -> sitecache.Entry:
     """The validated site ``name`` with its files and views; ConfigError if unknown or invalid."""
-    entry = validated().get(name) if SITE_NAME_RE.fullmatch(name) else None
+    entry = validated().get(name) if valid_site_name(name) else None
     if entry is None:
         load_site(name)  # raises the right error
     assert entry is not None

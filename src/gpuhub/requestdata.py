@@ -21,10 +21,9 @@ from gpuhub.sitedata import Factory, Plain
 from gpuhub.units import format_memory, format_walltime, parse_memory, parse_walltime
 from gpuhub.values import check_directive, check_env, check_token
 
-ARRAY_RE = re.compile(r"^\d+(?:-\d+)?(?::\d+)?(?:,\d+(?:-\d+)?(?::\d+)?)*(?:%\d+)?$", re.ASCII)
-DEPENDENCY_RE = re.compile(
-    r"^(?:(?:after|afterany|afterok|afternotok|aftercorr):\d+(?:_\d+)?(?::\d+(?:_\d+)?)*|singleton)$", re.ASCII
-)
+# Patterns compiled on first use (re keeps them compiled): most commands give no array or dependency.
+ARRAY_PATTERN = r"\d+(?:-\d+)?(?::\d+)?(?:,\d+(?:-\d+)?(?::\d+)?)*(?:%\d+)?"
+DEPENDENCY_PATTERN = r"(?:after|afterany|afterok|afternotok|aftercorr):\d+(?:_\d+)?(?::\d+(?:_\d+)?)*|singleton"
 LAUNCHERS = ("none", "torchrun", "srun")
 MAX_WAIT_FOR_GPUS = 30 * 86400
 
@@ -99,7 +98,7 @@ def check_text(value: str) -> str:
 
 
 def check_array(value: str) -> str:
-    if not ARRAY_RE.fullmatch(value):
+    if not re.fullmatch(ARRAY_PATTERN, value, re.ASCII):
         raise ValueError(f"array {shown(value)} is not understood; examples: 0-49, 0-999%20, 1,3,5-7")
     array_size(value)  # bounds and order of every range
     return value
@@ -107,7 +106,7 @@ def check_array(value: str) -> str:
 
 def check_dependency(value: str) -> str:
     for part in value.split(","):
-        if not DEPENDENCY_RE.fullmatch(part):
+        if not re.fullmatch(DEPENDENCY_PATTERN, part, re.ASCII):
             raise ValueError(
                 f"dependency {shown(value)} is not understood; examples: afterok:123, afterany:12:13, singleton"
             )

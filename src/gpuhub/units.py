@@ -8,7 +8,8 @@ import re
 from gpuhub.errors import shown
 from gpuhub.limits import MAX_MEMORY_MIB, MAX_WALLTIME
 
-_SUFFIX_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s)?", re.IGNORECASE)
+# Patterns are compiled on first use (re keeps them compiled): a command parses one or two values.
+_SUFFIX = r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s)?"
 
 WALLTIME_HELP = "HH:MM:SS, D-HH:MM:SS, MM (minutes, as Slurm), or 90m / 2h / 1d12h / 45s"
 
@@ -78,7 +79,7 @@ def _parse_text(text: str) -> int | None:
         if m >= 60 or s >= 60:
             return None
         return (h * 60 + m) * 60 + s
-    match = _SUFFIX_RE.fullmatch(text)
+    match = re.fullmatch(_SUFFIX, text, re.IGNORECASE)
     if match and any(match.groups()):
         d, h, m, s = (int(g) if g else 0 for g in match.groups())
         return ((d * 24 + h) * 60 + m) * 60 + s
@@ -95,7 +96,7 @@ def format_walltime(seconds: int) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-_MEM_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+_MEMORY = r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?"
 _MEM_FACTOR = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
 MEMORY_HELP = "a size such as 500M, 32G, 1.5T (binary units; a bare number is MiB, as in Slurm)"
 
@@ -117,7 +118,7 @@ def _memory(value: str | int) -> int:
         if value <= 0:
             raise ValueError(f"memory {shown(value)} must be positive")
         return value
-    match = _MEM_RE.fullmatch(str(value).strip())
+    match = re.fullmatch(_MEMORY, str(value).strip(), re.IGNORECASE)
     if not match:
         raise ValueError(f"memory {shown(value)} is not understood; expected {MEMORY_HELP}")
     if len(match.group(1)) > 20:

@@ -13,7 +13,7 @@ from gpuhub.errors import shown
 # A token that goes verbatim into a scheduler directive: no blanks, quotes or shell metacharacters.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_.@:+%,=/-]+$")
 TOKEN_HELP = "letters, digits and _ . @ : + % , = / - (no spaces or quotes)"
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"  # compiled on first use: few commands set variables
 
 
 def check_token(value: str) -> str:
@@ -40,7 +40,7 @@ def check_shell_line(value: str) -> str:
 
 def check_env(value: dict[str, str]) -> dict[str, str]:
     for key, val in value.items():
-        if not ENV_NAME_RE.fullmatch(key):
+        if not re.fullmatch(ENV_NAME_PATTERN, key):
             raise ValueError(f"environment variable name {shown(key)} is invalid; use [A-Za-z_][A-Za-z0-9_]*")
         if not isinstance(val, str) or "\0" in val:
             raise ValueError(f"environment variable {key}: value must be a string without NUL bytes")

@@ -12,12 +12,12 @@ from gpuhub.errors import shown
 from gpuhub.limits import MAX_JOB_ID
 
 JOB_REF_HELP = "a gpuhub id (42), SITE:SCHEDULER_ID (jean-zay:123456) or last"
-_SITE_REF = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}:[A-Za-z0-9_.+-]{1,64}", re.ASCII)
+_SITE_REF = r"[a-z0-9][a-z0-9_-]{0,63}:[A-Za-z0-9_.+-]{1,64}"  # compiled on first use: job commands only
 
 
 def check_job_ref(text: str) -> str:
     """``text`` if it can name a job at all; ValueError saying what a job reference looks like."""
-    if text == "last" or _SITE_REF.fullmatch(text):
+    if text == "last" or re.fullmatch(_SITE_REF, text, re.ASCII):
         return text
     if text.isascii() and text.isdigit():
         if len(text) <= 19 and 1 <= int(text) <= MAX_JOB_ID:

@@ -47,7 +47,8 @@ class SiteReading(Record):
 
 # Words dropped from a device name before it becomes a model label ("NVIDIA A100-SXM4-40GB" -> a100).
 _VENDOR_WORDS = {"nvidia", "tesla", "geforce", "quadro", "amd", "instinct", "radeon", "intel", "data", "center"}
-_FORM_FACTOR = re.compile(r"^(\d+gb|hbm\d*e?|pcie|sxm\d*|nvl|mig|\d+g\.\d+gb)$")
+# Compiled on first use (re keeps it): planning from readings names no device.
+_FORM_FACTOR = r"\d+gb|hbm\d*e?|pcie|sxm\d*|nvl|mig|\d+g\.\d+gb"
 
 
 def model_from_device_name(name: str) -> str:
@@ -57,6 +58,6 @@ def model_from_device_name(name: str) -> str:
     ``NVIDIA H100 80GB HBM3`` -> ``h100``, ``NVIDIA GeForce RTX 2080 Ti`` -> ``rtx2080ti``.
     """
     text = name.strip().strip('"').split("-", 1)[0].lower()
-    words = [w for w in re.split(r"[\s_]+", text) if w and w not in _VENDOR_WORDS and not _FORM_FACTOR.match(w)]
+    words = [w for w in re.split(r"[\s_]+", text) if w and w not in _VENDOR_WORDS and not re.fullmatch(_FORM_FACTOR, w)]
     model = re.sub(r"[^a-z0-9.]", "", "".join(words))
     return model or "unknown"
