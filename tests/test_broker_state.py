@@ -219,7 +219,7 @@ def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolate
     Prober(cache, 5, reader=lambda s, t, d: READING, estimator=lambda s, t, a, left: (None, "no estimate"),
            transport_for=lambda site: None).gather(fits([SITE2], request, BrokerConfig()), refresh=True)
     again = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=env)
-    assert "EXIT 0" in again.stderr and "LOADED ['gpuhub.backends.capabilities', 'gpuhub.backends.shell_scripts']" \
+    assert "EXIT 0" in again.stderr and "LOADED ['gpuhub.backends.capabilities']" \
         in again.stderr, again.stderr
     assert "STDLIB []" in again.stderr, again.stderr
     assert "3/4" in again.stdout, again.stdout  # the cached reading: 4 v100, 1 in use

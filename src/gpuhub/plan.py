@@ -165,7 +165,7 @@ def _fit(site: Site, req: JobRequest, key: str, why: str) -> Allocation:
         )
 
     from gpuhub.backends import capabilities_of
-    from gpuhub.backends.shell_scripts import KILL_AFTER
+    from gpuhub.backends.capabilities import KILL_AFTER
 
     caps = capabilities_of(site.scheduler)
     by_gpuhub = caps.time_limit == "gpuhub"

@@ -29,6 +29,10 @@ class Capabilities(Record):
     gpu_locks: bool = False  # GPUs reserved by gpuhub itself: the site's `lab:` block, --wait-for-gpus
 
 
+# Seconds between TERM and KILL when gpuhub stops a job at its time limit (time_limit "gpuhub"):
+# planning reads it too, without loading the shell scripts that use it.
+KILL_AFTER = 30
+
 # site `scheduler:` value (the keys of gpuhub.backends.BACKENDS) -> what its backend can do
 CAPABILITIES: dict[str, Capabilities] = {
     "slurm": Capabilities(multi_node=True, arrays=True, dependencies=True, requeue=True,

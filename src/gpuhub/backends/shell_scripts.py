@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shlex
 
+from gpuhub.backends.capabilities import KILL_AFTER
+
 MAIN_FILE = "job.sh"
 STDOUT_FILE = "job.out"
 STDERR_FILE = "job.err"
@@ -38,7 +40,6 @@ _ST = r"""st() {
 }
 """
 
-KILL_AFTER = 30  # seconds between TERM and KILL when a job reaches its time limit
 
 # The detached job ($1 = its directory, $2 = its time limit in seconds or empty, $3 = seconds
 # from TERM to KILL at the limit). It records its own pid ($$ is the session and process group
