@@ -71,6 +71,55 @@ def test_no_nvidia_smi_and_failing_nvidia_smi():
         parse_probe(failing, "gpu7")
 
 
+# --- the probe itself, run by bash as on a host --------------------------------------------------
+
+# A stand-in for nvidia-smi where each query waits (up to 5 s) for the other to have started:
+# run one after the other, the first one gives up and says so.
+MEETING = r"""#!/usr/bin/env bash
+here=${0%/*}
+case $1 in --query-gpu=*) me=gpu other=app ;; *) me=app other=gpu ;; esac
+: > "$here/$me.started"
+for _ in $(seq 50); do [ -e "$here/$other.started" ] && break; sleep 0.1; done
+[ -e "$here/$other.started" ] || { echo "$me query ran alone"; exit 7; }
+if [ "$me" = gpu ]; then
+  echo "0, GPU-0000-aaaa, NVIDIA A40, 3, 46068, 0"; exit "${GPU_RC:-0}"
+fi
+echo "GPU-0000-aaaa, $$, 500"; exit "${APP_RC:-0}"
+"""
+
+
+def run_probe(tmp_path, rc: dict[str, str] | None = None, smi: str | None = None) -> str:
+    """The probe's output with the meeting nvidia-smi, at a path that needs quoting."""
+    directory = tmp_path / "dir with 'quote' $(touch pwned) `x`"
+    directory.mkdir(exist_ok=True)
+    fake = directory / "nvidia-smi"
+    fake.write_text(MEETING)
+    fake.chmod(0o755)
+    (tmp_path / "locks").mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", **(rc or {})}
+    out = subprocess.run(["bash", "-c", remote.PROBE, "gpuhub-probe", smi or str(fake), str(tmp_path / "locks")],
+                         capture_output=True, text=True, timeout=30, env=env, check=True)
+    assert not list(tmp_path.glob("**/pwned")) and not out.stderr
+    return out.stdout
+
+
+def test_probe_runs_both_queries_at_once(tmp_path):
+    text = run_probe(tmp_path)
+    assert "ran alone" not in text, text
+    probe = parse_probe(text, "h")
+    assert [g.uuid for g in probe.gpus] == ["GPU-0000-aaaa"] and [a.gpu_uuid for a in probe.apps] == ["GPU-0000-aaaa"]
+    assert "#gpus\n0, GPU-0000-aaaa, NVIDIA A40, 3, 46068, 0\n#rc 0\n#apps\n" in text
+
+
+def test_probe_keeps_each_query_exit_status_and_says_when_there_is_no_nvidia_smi(tmp_path):
+    text = run_probe(tmp_path, {"GPU_RC": "9", "APP_RC": "4"})
+    assert "#gpus\n0, GPU-0000-aaaa, NVIDIA A40, 3, 46068, 0\n#rc 9\n" in text and "\n#rc 4\n#owners" in text
+    text = run_probe(tmp_path, smi=str(tmp_path / "no such dir" / "nvidia-smi"))
+    assert text == "#error no-nvidia-smi\n"
+    with pytest.raises(NoNvidiaSmi):
+        parse_probe(text, "h")
+
+
 # --- the host's awk decision against the Python one ------------------------------------------------
 
 USERS = ("alice", "bob", "carol")

@@ -58,13 +58,17 @@ _ENTRIES = r"""entries() {
 _PROBE_FN = (
     _ENTRIES
     + rf"""probe() {{
-  local out rc pids u p m
+  local out rc pids u p m gpus
   if ! command -v -- "$1" >/dev/null 2>&1; then echo "#error no-nvidia-smi"; return 0; fi
   clean=$3
-  echo "#gpus"
-  "$1" --query-gpu={GPU_FIELDS} --format=csv,noheader,nounits 2>&1
-  echo "#rc $?"
+  # Both queries at once (each can take a second or more on a loaded host): the GPU list and its
+  # exit status come through a pipe, read once the processes are in (the pipe holds far more
+  # than a GPU list; were it ever full, the query would only wait for the read).
+  exec {{gpus}}< <("$1" --query-gpu={GPU_FIELDS} --format=csv,noheader,nounits 2>&1; echo "#rc $?")
   out=$("$1" --query-compute-apps={APP_FIELDS} --format=csv,noheader,nounits 2>&1); rc=$?
+  echo "#gpus"
+  cat <&"$gpus"
+  exec {{gpus}}<&-
   echo "#apps"
   [ -n "$out" ] && printf '%s\n' "$out"
   echo "#rc $rc"
