@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+
+from gpuhub.record import Record
 
 
 class State(str, Enum):
@@ -28,8 +29,7 @@ class State(str, Enum):
 FINISHED = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.TIMEOUT, State.PREEMPTED})
 
 
-@dataclass(frozen=True)
-class JobStatus:
+class JobStatus(Record):
     """What a poll learned about one job (or array task)."""
 
     state: State

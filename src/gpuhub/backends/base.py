@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gpuhub.backends.capabilities import Capabilities
 from gpuhub.backends.common import launch
+from gpuhub.record import Record
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -35,8 +35,7 @@ if TYPE_CHECKING:
 LAUNCHERS = ("none", "torchrun", "srun")
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(Record):
     """One value of a site file checked against the live site (``gpuhub sites check``)."""
 
     path: str  # dotted field of the site file
@@ -45,8 +44,7 @@ class Finding:
     fix: str | None = None  # the YAML value to write at ``path``, when one is known
 
 
-@dataclass(frozen=True)
-class SiteProblem:
+class SiteProblem(Record):
     """A scheduler-specific mistake in a site file: the dotted field it is in, and what is wrong."""
 
     field: tuple[str, ...]

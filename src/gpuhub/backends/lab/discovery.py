@@ -20,11 +20,11 @@ The same rules decide on the host (:data:`remote.DECIDE`); tests hold the two to
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from gpuhub.errors import GpuhubError
+from gpuhub.record import Factory, Record
 
-_UUID = re.compile(r"^(GPU|MIG)-[A-Za-z0-9-]+$")
+_UUID = r"(GPU|MIG)-[A-Za-z0-9-]+"  # compiled on first use (re keeps it)
 _SOFT = ("[N/A]", "[Not Supported]")  # a value the GPU does not report: not an error
 
 
@@ -32,8 +32,7 @@ class NoNvidiaSmi(GpuhubError):
     """The host has no nvidia-smi where the site says it is."""
 
 
-@dataclass(frozen=True)
-class Gpu:
+class Gpu(Record):
     index: int
     uuid: str
     name: str
@@ -45,19 +44,17 @@ class Gpu:
     @property
     def key(self) -> str:
         """The name of its lock files: the UUID, or ``idxN`` for a GPU without one."""
-        return self.uuid if _UUID.match(self.uuid) else f"idx{self.index}"
+        return self.uuid if re.fullmatch(_UUID, self.uuid) else f"idx{self.index}"
 
 
-@dataclass(frozen=True)
-class App:
+class App(Record):
     gpu_uuid: str
     pid: int
     memory: int | None
     user: str | None
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Record):
     """A lock file (one GPU of a job) or a queue entry (a waiting job)."""
 
     key: str  # GPU key for a lock, sequence number for a queue entry
@@ -69,16 +66,14 @@ class Entry:
     alive: bool
 
 
-@dataclass(frozen=True)
-class GpuState:
+class GpuState(Record):
     gpu: Gpu
     state: str  # free | held | foreign | reserved | unavailable
     holder: Entry | None = None  # the lock, when held
     apps: tuple[App, ...] = ()  # processes on it (foreign users when not held)
 
 
-@dataclass(frozen=True)
-class Thresholds:
+class Thresholds(Record):
     """When an unlocked GPU counts as used from outside gpuhub, and which GPUs the site keeps."""
 
     busy_memory_mib: int = 1024
@@ -87,15 +82,14 @@ class Thresholds:
     max_gpus_per_user: int | None = None
 
 
-@dataclass
-class Probe:
+class Probe(Record, frozen=False):
     host: str
-    gpus: list[Gpu] = field(default_factory=list)
-    apps: list[App] = field(default_factory=list)
-    locks: list[Entry] = field(default_factory=list)
-    queue: list[Entry] = field(default_factory=list)
+    gpus: list[Gpu] = Factory(list)
+    apps: list[App] = Factory(list)
+    locks: list[Entry] = Factory(list)
+    queue: list[Entry] = Factory(list)
     now: int | None = None
-    errors: list[str] = field(default_factory=list)  # nvidia-smi complaints, shown to the user
+    errors: list[str] = Factory(list)  # nvidia-smi complaints, shown to the user
 
     def classify(self, limits: Thresholds) -> list[GpuState]:
         held = {e.key: e for e in self.locks if e.alive}

@@ -6,13 +6,13 @@ so logs, adoption after a lost connection and the process checks are the same.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpuhub.backends import shell
 from gpuhub.backends.lab import remote
 from gpuhub.backends.lab.discovery import Probe, Thresholds, parse_probe
 from gpuhub.errors import GpuhubError
+from gpuhub.record import Record
 from gpuhub.states import JobStatus, State
 from gpuhub.units import format_walltime
 
@@ -46,8 +46,7 @@ def probe(transport: Transport, lab: Lab, host: LabHost, timeout: float = 30.0) 
     return parse_probe(result.stdout, host.name)
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(Record):
     kind: str  # started | queued | refused | ended
     gpus: tuple[int, ...] = ()
     reason: str = ""

@@ -6,20 +6,17 @@ the same rule applied to what the client saw, to pick a host and explain the cho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gpuhub.backends.lab.discovery import Probe, Thresholds
+from gpuhub.record import Record
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(Record):
     kind: str  # take | wait | never
     reason: str
     gpus: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(Record):
     host: str
     verdict: Verdict
     reason: str  # why this host, for the user
