@@ -5,6 +5,7 @@ usage and `gpuhub gpus`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -201,3 +202,56 @@ def test_a_stale_view_of_the_pool_costs_a_retry_not_a_refusal(pool):
     second = gpuhub.submit(request, site="labpool")  # the kept view still thinks gpu2 is empty
     assert second.scheduler_id.endswith("@gpu3"), second.notes
     assert status(second.id)["state"] == "running"
+
+
+def test_ten_concurrent_submit_commands_from_two_users_get_disjoint_gpus(env, tmp_path):
+    """Ten `gpuhub submit` processes at once, five per login user, each user with their own site
+    file, key and ledger, on one host with 8 GPUs: 8 start on distinct GPUs, 2 are refused."""
+    host = make_host(env, "gpu1", gpus=8)
+    users = {env["TESTBED_SSH_USER"]: env["TESTBED_SSH_KEY"], env["TESTBED_LAB_USER2"]: env["TESTBED_LAB_KEY2"]}
+    envs = {}
+    for user, key in users.items():
+        sites = tmp_path / user / "sites"
+        sites.mkdir(parents=True)
+        text = site_yaml(env, "labpool", [host], gpus_per_node=8)
+        text = text.replace(f"  user: {env['TESTBED_SSH_USER']}\n", f"  user: {user}\n")
+        (sites / "labpool.yaml").write_text(text.replace(env["TESTBED_SSH_KEY"], key))
+        envs[user] = {**os.environ, "GPUHUB_SITES": str(sites), "GPUHUB_DATA_DIR": str(tmp_path / user / "data"),
+                      "GPUHUB_CONFIG_DIR": str(tmp_path / user / "config")}
+    job = 'echo "$(id -un) $CUDA_VISIBLE_DEVICES"; sleep 60'
+    argv = [sys.executable, "-m", "gpuhub", "submit", "--site", "labpool", "--gpus", "1", "--json", "--",
+            "bash", "-c", job]
+
+    def cli(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gpuhub", *args], capture_output=True, text=True,
+                              timeout=120, env=envs[user])
+
+    order = [list(users)[i % 2] for i in range(10)]
+    procs = [(user, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=envs[user])) for user in order]
+    try:
+        outcomes = [(user, p.wait(120), *p.communicate()) for user, p in procs]
+        assert all("Traceback" not in err for _, _, _, err in outcomes)
+        started = [(user, json.loads(out)) for user, code, out, _ in outcomes if code == 0]
+        refused = [err for _, code, _, err in outcomes if code != 0]
+        assert len(started) == 8 and len(refused) == 2, outcomes
+        assert all("1 GPU(s) asked, 0 of 8 free" in err and "held by" in err for err in refused), refused
+        assert {user for user, _ in started} == set(users)
+        seen: dict[str, str] = {}
+        for user, row in started:  # what each job itself sees
+            deadline = time.monotonic() + 20
+            while not (line := cli(user, "logs", str(row["id"])).stdout.strip()):
+                assert time.monotonic() < deadline, row
+                time.sleep(0.2)
+            login, gpu = line.split()
+            assert login == user and gpu not in seen, (line, seen)
+            seen[gpu] = user
+        assert sorted(seen) == [str(i) for i in range(8)]  # every GPU once: disjoint
+        table = json.loads(cli(order[0], "gpus", "--site", "labpool", "--json").stdout)["lab_gpus"]
+        assert {str(r["gpu"]): r["user"] for r in table if r["state"] == "held"} == seen
+    finally:
+        for user in users:
+            ids = [str(r["id"]) for r in json.loads(cli(user, "jobs", "--json", "-n", "0").stdout)]
+            if ids:
+                cli(user, "cancel", *ids)
+        remove_host(host)
