@@ -288,6 +288,12 @@ CASES: list[Case] = [
     Case("yaml-port-float", 4, ("render", "--site", "pf", *CMD), ("pf.yaml", "connect_timeout"),
          files={"config/sites/pf.yaml": _site("pf", scheduler="ssh").replace(
              "connection: {host: h.example.org}", "connection: {host: h.example.org, connect_timeout: .inf}")}),
+    Case("yaml-persist-huge", 4, ("render", "--site", "kp", *CMD), ("kp.yaml", "persist", "86400"),
+         files={"config/sites/kp.yaml": _site("kp", scheduler="ssh").replace(
+             "connection: {host: h.example.org}", "connection: {host: h.example.org, persist: 999999}")}),
+    Case("yaml-persist-negative", 4, ("render", "--site", "kn", *CMD), ("kn.yaml", "persist"),
+         files={"config/sites/kn.yaml": _site("kn", scheduler="ssh").replace(
+             "connection: {host: h.example.org}", "connection: {host: h.example.org, persist: -1}")}),
     Case("yaml-recursive-alias", 4, ("render", "--site", "ra", *CMD), ("ra.yaml",),
          files={"config/sites/ra.yaml": _site("ra", "sources: &s [*s]\n")}),
     Case("yaml-mem-walltime-sites", 4, ("render", "--site", "mw", *CMD), ("mw.yaml", "memory_per_node"),
@@ -404,6 +410,9 @@ CASES: list[Case] = [
          files={"config/sites/big.yaml": _site("big", "description: '" + "x" * (2 << 20) + "'\n")}),
     Case("script-binary", 6, ("render", "--script", "{home}/bin.sh"), ("--script",),
          files={"bin.sh": b"\xff\xfe\x00binary"}),
+    Case("env-ssh-persist-word", 6, ("sites", "list"), ("GPUHUB_SSH_PERSIST", "86400"),
+         env={"GPUHUB_SSH_PERSIST": "forever"}),
+    Case("env-ssh-persist-huge", 6, ("status",), ("GPUHUB_SSH_PERSIST", "86400"), env={"GPUHUB_SSH_PERSIST": NINES}),
     # 7. contradictory requests
     Case("gpus0-gpu-type", 7, ("render", "--site", "jean-zay", "-P", "abc", "--gpus", "0", "--gpu-type", "a100",
                                *CMD), ("--gpus", "--gpu-type")),

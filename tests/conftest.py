@@ -19,6 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Subprocesses (`python -m gpuhub ...`) test this checkout too, whatever is installed.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+# No SSH connection is kept between tests (each keeper would couple one test to another); the
+# tests of kept connections turn them on themselves.
+os.environ["GPUHUB_SSH_PERSIST"] = "0"
 TESTBED_ENV = Path(os.environ.get("GPUHUB_TESTBED_ENV", "/var/lib/gpuhub-testbed/testbed.env"))
 
 
@@ -81,6 +84,18 @@ def connection_yaml(testbed: dict[str, str]) -> str:
         f"  user: {testbed['TESTBED_SSH_USER']}\n  identity_file: {testbed['TESTBED_SSH_KEY']}\n"
         f"  known_hosts: {testbed['TESTBED_KNOWN_HOSTS']}\n"
     )
+
+
+def ssh_fields(testbed: dict[str, str]) -> dict[str, object]:
+    """The ``connection`` fields of a site reached through the testbed's sshd."""
+    return {
+        "host": testbed["TESTBED_SSH_HOST"],
+        "port": int(testbed["TESTBED_SSH_PORT"]),
+        "user": testbed["TESTBED_SSH_USER"],
+        "identity_file": testbed["TESTBED_SSH_KEY"],
+        "known_hosts": testbed["TESTBED_KNOWN_HOSTS"],
+        "connect_timeout": 10,
+    }
 
 
 PG_ENV = Path(os.environ.get("GPUHUB_TEST_PG_ENV", "/var/lib/gpuhub-testbed/postgres.env"))

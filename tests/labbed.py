@@ -10,8 +10,11 @@ from __future__ import annotations
 import shutil
 import textwrap
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LAB_ENV = Path("/var/lib/gpuhub-testbed/labserver.env")
 
@@ -103,3 +106,19 @@ def site_yaml(env: dict[str, str], name: str, hosts: list[FakeHost], gpus_per_no
         "    gpu_model: a40\n"
         f"    gpus_per_node: {gpus_per_node}\n"
     )
+
+
+@contextmanager
+def lab_pool(env: dict[str, str], tmp_path: Path, monkeypatch: Any, count: int = 2, gpus: int = 2,
+             name: str = "labpool") -> Iterator[list[FakeHost]]:
+    """A pool site of ``count`` fake hosts in $GPUHUB_SITES; the hosts are removed afterwards."""
+    hosts = [make_host(env, f"gpu{i}", gpus=gpus) for i in range(1, count + 1)]
+    try:
+        sites = tmp_path / "sites"
+        sites.mkdir()
+        (sites / f"{name}.yaml").write_text(site_yaml(env, name, hosts, gpus_per_node=gpus))
+        monkeypatch.setenv("GPUHUB_SITES", str(sites))
+        yield hosts
+    finally:
+        for host in hosts:
+            remove_host(host)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labbed import lab_env, make_host, remove_host, site_yaml
+from labbed import lab_env, lab_pool
 
 pytestmark = pytest.mark.ssh
 
@@ -36,12 +36,7 @@ print(json.dumps({"when_probing": seen, "at_end": {m: m in sys.modules for m in 
 def test_lab_hosts_are_probed_first_and_no_model_is_loaded(testbed: dict[str, str], tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     env = lab_env(testbed)
-    hosts = [make_host(env, f"gpu{i}", gpus=2) for i in range(1, 3)]
-    try:
-        sites = tmp_path / "sites"
-        sites.mkdir()
-        (sites / "labpool.yaml").write_text(site_yaml(env, "labpool", hosts, gpus_per_node=2))
-        monkeypatch.setenv("GPUHUB_SITES", str(sites))
+    with lab_pool(env, tmp_path, monkeypatch):
         args = [sys.executable, "-c", CODE, "gpus", "--site", "labpool", "--json"]
         subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)  # fills the caches
         run = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
@@ -52,6 +47,3 @@ def test_lab_hosts_are_probed_first_and_no_model_is_loaded(testbed: dict[str, st
         rows = json.loads(run.stdout)["lab_gpus"]
         assert sorted((r["host"], r["gpu"], r["state"]) for r in rows) == [
             ("gpu1", 0, "free"), ("gpu1", 1, "free"), ("gpu2", 0, "free"), ("gpu2", 1, "free")]
-    finally:
-        for host in hosts:
-            remove_host(host)

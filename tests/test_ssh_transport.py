@@ -26,6 +26,7 @@ import paramiko
 import pytest
 from click.testing import CliRunner
 
+from conftest import ssh_fields
 from gpuhub import registry
 from gpuhub.cli import main
 from gpuhub.site import Connection
@@ -48,15 +49,7 @@ def no_personal_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def connection(testbed: dict[str, str], **changes: object) -> Connection:
-    fields: dict[str, object] = {
-        "host": testbed["TESTBED_SSH_HOST"],
-        "port": int(testbed["TESTBED_SSH_PORT"]),
-        "user": testbed["TESTBED_SSH_USER"],
-        "identity_file": testbed["TESTBED_SSH_KEY"],
-        "known_hosts": testbed["TESTBED_KNOWN_HOSTS"],
-        "connect_timeout": 10,
-    }
-    fields.update(changes)
+    fields = {**ssh_fields(testbed), **changes}
     return Connection(**{k: v for k, v in fields.items() if v is not None})
 
 

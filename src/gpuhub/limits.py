@@ -20,6 +20,7 @@ MAX_JOB_ID = 2**63 - 1  # a gpuhub id is an SQLite integer
 MAX_LIST_LIMIT = 1_000_000  # `gpuhub jobs --limit`
 MAX_INTERVAL = 86_400.0  # seconds between polls
 MAX_TIMEOUT = 3_600.0  # seconds one command may take
+MAX_SSH_PERSIST = 86_400  # seconds a kept SSH connection waits for the next command
 MAX_NAME = 256  # characters of a job name
 MAX_SITE_NAME = 64  # characters of a site name
 MAX_NORMALIZATION = 1_000.0  # GPU-hour weight of one model

@@ -30,6 +30,7 @@ from gpuhub.limits import (
     MAX_NODES,
     MAX_NORMALIZATION,
     MAX_SITE_NAME,
+    MAX_SSH_PERSIST,
     MAX_TIMEOUT,
 )
 from gpuhub.sitedata import LabHostMethods, SiteMethods
@@ -146,6 +147,10 @@ class Connection(Strict):
         default_factory=dict, description="published SHA256 fingerprints, by key type (for `sites trust`)"
     )
     ip_restricted: bool = Field(False, description="the site only admits registered client addresses")
+    persist: int = Field(
+        600, ge=0, le=MAX_SSH_PERSIST,
+        description="seconds the SSH connection stays open after a command, for the next gpuhub commands (0 = close)",
+    )
 
     @field_validator("host", "user", "proxy_jump")
     @classmethod

@@ -103,6 +103,7 @@ class Connection(Plain):
     connect_timeout: float = 20.0
     host_key_fingerprints: dict[str, str] = Factory(dict)
     ip_restricted: bool = False
+    persist: int = 600
 
 
 class Account(Plain):

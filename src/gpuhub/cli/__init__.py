@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ledger": ("gpuhub.cli.ledger:ledger", "Check the ledger of submitted jobs and repair it."),
     "usage": ("gpuhub.cli.usage:usage", "Collect GPU-hour accounting and report it."),
     "exporter": ("gpuhub.cli.exporter:exporter", "Serve Prometheus metrics for the configured sites."),
+    "connections": ("gpuhub.cli.connections:connections", "List or close the SSH connections kept between commands."),
 }
 
 
@@ -90,6 +91,10 @@ def main() -> None:
       gpuhub sites show jean-zay
       gpuhub render --site jean-zay --project abc --gpu-type a100 --gpus 8 --time 10h -- python train.py
     """
+    if os.environ.get("GPUHUB_SSH_PERSIST", "").strip():  # a wrong value stops every command, not just SSH ones
+        from gpuhub.transport.persist import persist_seconds
+
+        persist_seconds(None)
 
 
 def _exit(code: int | str | None, program: bool) -> NoReturn:

@@ -65,12 +65,20 @@ def transport_for(site, host=None) -> Transport:  # type: ignore[no-untyped-def]
 
         transport: Transport = LocalTransport()
     else:
-        from gpuhub.transport.ssh import SSHTransport
+        from gpuhub.transport.persist import persist_seconds, supported
 
         connection = site.connection
         if host is not None:
             connection = connection.model_copy(update={"host": host.address, "port": host.port or connection.port})
-        transport = SSHTransport(site.name, connection)
+        seconds = persist_seconds(connection)
+        if seconds and supported():  # commands through a kept connection: no paramiko, no handshake
+            from gpuhub.transport.kept import KeptTransport
+
+            transport = KeptTransport(site.name, connection, seconds)
+        else:
+            from gpuhub.transport.ssh import SSHTransport
+
+            transport = SSHTransport(site.name, connection)
     _CACHE[key] = transport
     return transport
 

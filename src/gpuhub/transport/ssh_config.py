@@ -10,7 +10,6 @@ the site and one for each ProxyJump hop before it.
 from __future__ import annotations
 
 import getpass
-import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ import paramiko
 
 from gpuhub.transport.base import TransportError
 from gpuhub.transport.hostkeys import gpuhub_known_hosts
+from gpuhub.transport.persist import SSH_CONFIG_ENV, ssh_config_path
 
 if TYPE_CHECKING:
     from gpuhub.site import Connection
 
-SSH_CONFIG_ENV = "GPUHUB_SSH_CONFIG"
+__all__ = ["SSH_CONFIG_ENV", "Endpoint", "load_ssh_config", "resolve", "ssh_config_path"]
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,6 @@ class Endpoint:
     @property
     def label(self) -> str:
         return f"{self.user}@{self.hostname}" + ("" if self.port == 22 else f":{self.port}")
-
-
-def ssh_config_path() -> Path:
-    override = os.environ.get(SSH_CONFIG_ENV)
-    return Path(override).expanduser() if override else Path("~/.ssh/config").expanduser()
 
 
 def load_ssh_config(prefix: str = "") -> paramiko.SSHConfig:
