@@ -9,11 +9,16 @@ Targets (the issue's): < 100 ms per submission to a 4-host pool with cached conn
 (probe of the 4 hosts, placement, job files, GPU reservation on the host, ledger), and
 `gpuhub gpus` over 4 hosts < 300 ms. Measured side by side, as a baseline: a plain
 `ssh host nvidia-smi` with a new connection per host, which is what a student does today.
+The whole `gpuhub gpus` command is timed with new connections and with the connections kept
+between commands (docs/connections.md); `--python PATH` runs it with another interpreter, e.g.
+a venv where gpuhub is installed:
+    python3 -m venv /tmp/vb && /tmp/vb/bin/pip install . && python benchmarks/labserver.py --python /tmp/vb/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -83,7 +88,7 @@ def bench_submit(jobs: int) -> list:
     return ids
 
 
-def bench_gpus(env: dict[str, str], runs: int) -> None:
+def bench_gpus(env: dict[str, str], runs: int, python: str) -> None:
     from gpuhub.backends import backend_for
     from gpuhub.registry import load_site
     from gpuhub.transport import close_all
@@ -102,13 +107,6 @@ def bench_gpus(env: dict[str, str], runs: int) -> None:
         warm.append(time.perf_counter() - start)
     summary("probe of the 4 hosts (what `gpuhub gpus` does), new connections", cold, 300)
     summary("probe of the 4 hosts, cached connections", warm, 300)
-    whole = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gpuhub", "gpus", "--site", "bench-pool", "--json"], check=True,
-                       capture_output=True)
-        whole.append(time.perf_counter() - start)
-    summary("`gpuhub gpus --site bench-pool` command, start to end", whole, 300)
     ssh = ["ssh", "-p", env["TESTBED_SSH_PORT"], "-i", env["TESTBED_SSH_KEY"], "-o",
            f"UserKnownHostsFile={env['TESTBED_KNOWN_HOSTS']}", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
            f"{env['TESTBED_SSH_USER']}@{env['TESTBED_SSH_HOST']}"]
@@ -121,6 +119,42 @@ def bench_gpus(env: dict[str, str], runs: int) -> None:
                            capture_output=True)
         base.append(time.perf_counter() - start)
     summary("baseline: ssh HOST nvidia-smi, one host after another", base, 300)
+    bench_cli(python, runs)
+
+
+def timed(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True, env=env)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_cli(python: str, runs: int) -> None:
+    """The whole `gpuhub gpus` command, with a new SSH connection per host, then with the
+    connections kept between commands by a keeper (docs/connections.md)."""
+    env = dict(os.environ)
+    if python != sys.executable:  # measure the gpuhub installed there, not this checkout
+        env.pop("PYTHONPATH", None)
+    gpus = [python, "-m", "gpuhub", "gpus", "--site", "bench-pool", "--json"]
+    ms = statistics.median(timed([python, "-c", "pass"], runs, env)) * 1000
+    print(f"CLI cases run with {python} (`python -c pass`: median {ms:.1f} ms)")
+    summary("`gpuhub gpus` command, new connections", timed(gpus, runs, {**env, "GPUHUB_SSH_PERSIST": "0"}), 300)
+    with tempfile.TemporaryDirectory(prefix="gk-", dir="/tmp") as runtime:
+        kept = {**env, "GPUHUB_SSH_PERSIST": "600", "XDG_RUNTIME_DIR": runtime}
+        listing = [python, "-m", "gpuhub", "connections", "--json"]
+        try:
+            subprocess.run(gpus, check=True, capture_output=True, env=kept)  # connects, starts the keeper
+            deadline = time.monotonic() + 30
+            while not json.loads(subprocess.run(listing, check=True, capture_output=True, env=kept).stdout)[
+                    "connections"]:
+                if time.monotonic() > deadline:
+                    sys.exit("no connection keeper answered within 30 s")
+                time.sleep(0.1)
+            summary("`gpuhub gpus` command, connections kept between commands", timed(gpus, runs, kept), 300)
+        finally:
+            subprocess.run([python, "-m", "gpuhub", "connections", "--close"], capture_output=True, env=kept)
 
 
 def cleanup(jobs: list) -> None:
@@ -143,6 +177,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=24, help="submissions timed (at most 31: 4 x 8 GPUs)")
     parser.add_argument("--runs", type=int, default=5, help="repetitions of the `gpuhub gpus` measures")
+    parser.add_argument("--python", default=sys.executable, metavar="PATH",
+                        help="interpreter the `gpuhub gpus` commands run with (e.g. a venv's, gpuhub installed "
+                             "there); default: this one, with this checkout")
     args = parser.parse_args()
     if not 1 <= args.jobs < HOSTS * GPUS:
         sys.exit(f"--jobs must be 1..{HOSTS * GPUS - 1}")
@@ -154,8 +191,9 @@ def main() -> None:
         sites = Path(tmp) / "sites"
         sites.mkdir()
         (sites / "bench-pool.yaml").write_text(fake_hosts(env, root))
+        # No connection keeper for the in-process cases: they measure new and cached connections.
         os.environ.update(GPUHUB_SITES=str(sites), GPUHUB_DATA_DIR=str(Path(tmp) / "data"),
-                          GPUHUB_CONFIG_DIR=str(Path(tmp) / "config"))
+                          GPUHUB_CONFIG_DIR=str(Path(tmp) / "config"), GPUHUB_SSH_PERSIST="0")
         sys.path.insert(0, str(REPO / "src"))
         os.environ["PYTHONPATH"] = str(REPO / "src")
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed gpuhub has its modules compiled
@@ -165,7 +203,7 @@ def main() -> None:
         jobs = []
         try:
             jobs = bench_submit(args.jobs)
-            bench_gpus(env, args.runs)
+            bench_gpus(env, args.runs, args.python)
         finally:
             cleanup(jobs)
             subprocess.run(["rm", "-rf", "--", str(root)], check=False)

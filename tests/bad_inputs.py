@@ -518,6 +518,7 @@ def _env(home: Path, src: Path) -> dict[str, str]:
         GPUHUB_LOCAL_JOBS_DIR=str(home / "jobs"),
         HOME=str(home),
         COLUMNS="200",
+        GPUHUB_SSH_PERSIST="0",  # no connection keeper outlives a case
     )
     return env
 
