@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -34,36 +35,46 @@ def test_cache_round_trip_ttl_and_junk(tmp_path):
     back = reading_from_json(value)
     assert back.nodes == READING.nodes and back.jobs[0].gpus == {"v100": 2} and back.jobs[0].user == ""
     assert "alice" not in json.dumps(value)  # no user names kept
-    assert 0 <= age < 5 and not list((tmp_path / "live").glob(".tmp-*"))
+    assert 0 <= age < 5 and not list((tmp_path / "live").glob(".*tmp"))
     assert LiveCache(tmp_path / "live", ttl=30).get("reading", "k")[0] == value  # another command sees it
-    assert (tmp_path / "live" / "state.json").stat().st_mode & 0o077 == 0
-    (tmp_path / "live" / "state.json").write_text("{not json")
+    path = tmp_path / "live" / "state.pickle"
+    assert path.stat().st_mode & 0o077 == 0
+    path.chmod(0o620)  # writable by the group: not trusted
+    assert LiveCache(tmp_path / "live", ttl=30).get("reading", "k") is None
+    path.chmod(0o600)
+    path.write_bytes(b"not a pickle")
     assert LiveCache(tmp_path / "live", ttl=30).get("reading", "k") is None
     assert LiveCache(tmp_path / "live", ttl=0).get("reading", "k") is None
 
 
+def stored(path: Path) -> dict:
+    return pickle.loads(path.read_bytes())
+
+
 def test_cache_is_one_file_merged_and_pruned(tmp_path):
     """Every entry in one file; a write keeps what another command wrote meanwhile and drops
-    what is past the TTL; files of the one-file-per-entry layout go away."""
+    what is past the TTL; files of the former layouts go away."""
+    tmp_path.chmod(0o700)
     (tmp_path / "reading-0123.json").write_text("{}")
+    (tmp_path / "state.json").write_text("{}")
     first, second = LiveCache(tmp_path, ttl=30), LiveCache(tmp_path, ttl=30)
     assert first.get("reading", "a") is None and second.get("reading", "b") is None  # both read the file
     first.put("reading", "a", 1)
     second.put("reading", "b", 2)
     third = LiveCache(tmp_path, ttl=30)
     assert third.get("reading", "a")[0] == 1 and third.get("reading", "b")[0] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
-    stored = json.loads((tmp_path / "state.json").read_text())
-    stored["entries"]["reading a"][0] -= 60  # written a minute ago: past the TTL
-    (tmp_path / "state.json").write_text(json.dumps(stored))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pickle"]
+    kept = stored(tmp_path / "state.pickle")
+    kept["entries"]["reading a"][0] -= 60  # written a minute ago: past the TTL
+    (tmp_path / "state.pickle").write_bytes(pickle.dumps(kept))
     assert LiveCache(tmp_path, ttl=30).get("reading", "a") is None
     LiveCache(tmp_path, ttl=30).put("start", "c", 3)
-    assert set(json.loads((tmp_path / "state.json").read_text())["entries"]) == {"reading b", "start c"}
+    assert set(stored(tmp_path / "state.pickle")["entries"]) == {"reading b", "start c"}
     with third.batch():
         third.put("start", "d", 4)
         assert LiveCache(tmp_path, ttl=30).get("start", "d") is None  # not written before the batch ends
     assert LiveCache(tmp_path, ttl=30).get("start", "d")[0] == 4
-    (tmp_path / "state.json").write_bytes(b" " * (8 * 1024 * 1024 + 1))  # oversized: a miss, not a read
+    (tmp_path / "state.pickle").write_bytes(b" " * (8 * 1024 * 1024 + 1))  # oversized: a miss, not a read
     assert LiveCache(tmp_path, ttl=30).get("start", "d") is None
 
 
@@ -188,9 +199,9 @@ def test_load_sites_gives_each_broken_site_its_reason(isolated, tmp_path, monkey
 
 
 # Start-up costs a plan from the cache does not pay: writing files (tempfile), digests (hashlib
-# loads OpenSSL), building dataclasses (gpuhub.record instead). Checked among the modules gpuhub
-# loads, not those the interpreter started with.
-NOT_ON_A_CACHED_PLAN = ("tempfile", "hashlib", "dataclasses")
+# loads OpenSSL), building dataclasses (gpuhub.record instead), the JSON codec (only --json
+# prints JSON). Checked among the modules gpuhub loads, not those the interpreter started with.
+NOT_ON_A_CACHED_PLAN = ("tempfile", "hashlib", "dataclasses", "json")
 
 
 def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolated):

@@ -134,11 +134,21 @@ def save(layers: list[tuple[str, Path]], key: tuple[Any, ...], sites: dict[str, 
 
 def read_private(path: Path) -> Any:
     """What a cache file holds, or None: caches off, no such file, not private, damaged."""
-    if not enabled():
-        return None
+    return load_private(path) if enabled() else None
+
+
+def write_private(path: Path, value: Any) -> None:
+    """Pickle ``value`` into ``path`` atomically, unless caches are off; errors are ignored."""
+    if enabled():
+        dump_private(path, value)
+
+
+def load_private(path: Path, limit: int | None = None) -> Any:
+    """What a pickle file holds, or None: no such file, not private, over ``limit`` bytes, damaged."""
     try:
         with open(path, "rb") as handle:
-            if not (private(os.fstat(handle.fileno())) and private(os.stat(path.parent))):
+            st = os.fstat(handle.fileno())
+            if not (private(st) and private(os.stat(path.parent))) or (limit is not None and st.st_size > limit):
                 return None
             data = handle.read()
         return pickle.loads(data)
@@ -146,10 +156,8 @@ def read_private(path: Path) -> Any:
         return None
 
 
-def write_private(path: Path, value: Any) -> None:
+def dump_private(path: Path, value: Any) -> None:
     """Pickle ``value`` into ``path`` atomically, in a private directory; errors are ignored."""
-    if not enabled():
-        return
     import tempfile
 
     tmp = None

@@ -1,17 +1,19 @@
-"""A small cache of live state shared between CLI invocations: one JSON file for every entry.
+"""A small cache of live state shared between CLI invocations: one file for every entry.
 
 A plan over 50 sites from the cache reads this one file once, not a file per site and partition.
 Writes merge what a command learnt over what is on disk at that moment, into a temporary file
 then renamed over the old one: a reader sees a whole old file or a whole new one, never half of
 either, and two commands writing at once cannot corrupt it (the later one may drop an entry the
 other added, which costs a probe, never a wrong answer). Entries older than the TTL are dropped
-when the file is written. An unreadable, oversized or foreign file is a miss, never an error.
-The file is private to the user (queue contents are nobody else's business).
+when the file is written. The file is a pickle of plain values with the trust of the
+validated-site cache (:func:`gpuhub.sitecache.load_private`: read only when the user owns it and
+nobody else can write it or its directory), which every command loads anyway: reading it costs
+no JSON decoder. An unreadable, oversized or foreign file is a miss, never an error. It is
+private to the user (queue contents are nobody else's business).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -20,11 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-FILE = "state.json"
+from gpuhub.sitecache import dump_private, load_private
+
+FILE = "state.pickle"
 FORMAT = 1
-MAX_FILE_BYTES = 8 * 1024 * 1024  # a corrupt or hostile file is not read into memory whole
-# One file per entry, as gpuhub kept them before: removed when the cache is next written.
-_OLD_LAYOUT = ("reading-", "start-")
+MAX_FILE_BYTES = 8 * 1024 * 1024  # a damaged file is not read into memory whole
+# The files gpuhub kept before (one JSON file per entry, then one for all): removed when the
+# cache is next written.
+_OLD_LAYOUT = ("reading-", "start-", "state.json")
 
 
 class LiveCache:
@@ -82,46 +87,30 @@ class LiveCache:
 
     def _read(self) -> dict[str, list[Any]]:
         """The entries on disk still within the TTL; nothing when the file is missing or damaged."""
-        try:
-            with open(self.path, "rb") as handle:
-                data = handle.read(MAX_FILE_BYTES + 1)
-            if len(data) > MAX_FILE_BYTES:
-                return {}
-            stored = json.loads(data)
-            entries = stored["entries"] if stored.get("format") == FORMAT else {}
-            now = time.time()
-            return {key: [float(entry[0]), entry[1]] for key, entry in entries.items()
-                    if isinstance(key, str) and isinstance(entry, list) and len(entry) == 2
-                    and isinstance(entry[0], int | float) and 0 <= now - entry[0] <= self.ttl}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        stored = load_private(self.path, MAX_FILE_BYTES)
+        entries = stored.get("entries") if isinstance(stored, dict) and stored.get("format") == FORMAT else None
+        if not isinstance(entries, dict):
             return {}
+        now = time.time()
+        return {key: entry for key, entry in entries.items()
+                if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], float)
+                and 0 <= now - entry[0] <= self.ttl}
 
     def _write(self) -> None:
         """Merge the pending entries over the file as it is now and replace it (under the lock)."""
         if not self._pending:
             return
-        import tempfile  # only commands that probe a site write: a plan from the cache does not
-
         entries = {**self._read(), **self._pending}
         self._pending = {}
-        tmp = None
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump({"format": FORMAT, "entries": entries}, out)
-            os.replace(tmp, self.path)
-            tmp = None
-            _remove_old_layout(self.directory)
-        except OSError:
-            pass  # a cache that cannot be written only costs a probe next time
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
+        dump_private(self.path, {"format": FORMAT, "entries": entries})
+        _remove_old_layout(self.directory)
 
 
 def _remove_old_layout(directory: Path) -> None:
-    with os.scandir(directory) as found:
-        for item in found:
-            if item.name.startswith(_OLD_LAYOUT) and item.name.endswith(".json"):
-                Path(item.path).unlink(missing_ok=True)
+    try:
+        with os.scandir(directory) as found:
+            for item in found:
+                if item.name.startswith(_OLD_LAYOUT) and item.name.endswith(".json"):
+                    Path(item.path).unlink(missing_ok=True)
+    except OSError:
+        pass  # no directory (the file could not be written): nothing to tidy

@@ -9,7 +9,6 @@ probe runs in a daemon thread that is simply left behind.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -60,13 +59,14 @@ def reading_from_json(data: dict[str, Any]) -> SiteReading:
 def _site_key(site: Site) -> str:
     # A changed site file (another host, port, partitions) must not reuse an old reading.
     # Plain sites (gpuhub.sitedata) and models alike; a connection holds no walltime or size.
+    # The repr of plain values (strings, numbers, None, a dict of fingerprints) is stable.
     conn = site.connection
-    connection = None if conn is None else {name: getattr(conn, name) for name in PlainConnection._fields}
-    return json.dumps({"name": site.name, "scheduler": site.scheduler, "connection": connection}, sort_keys=True)
+    connection = None if conn is None else tuple(getattr(conn, name) for name in PlainConnection._fields)
+    return repr((site.name, site.scheduler, connection))
 
 
-def _start_key(site: Site, alloc: Allocation) -> str:
-    return _site_key(site) + json.dumps(alloc.summary(), sort_keys=True, default=str)
+def _start_key(site_key: str, alloc: Allocation) -> str:
+    return site_key + repr(sorted(alloc.summary().items()))
 
 
 def _transport_for(site: Site) -> Transport:
@@ -131,8 +131,9 @@ class Prober:
         except Exception as exc:
             return SiteState(error=_why(exc))
         starts, refused = {}, {}
+        site_key = _site_key(site)
         for alloc in fit.allocations if self.estimator else []:
-            key = _start_key(site, alloc)
+            key = _start_key(site_key, alloc)
             hit = None if refresh else self.cache.get("start", key)
             if hit is None:
                 try:
@@ -149,8 +150,8 @@ class Prober:
 
     def _from_cache(self, fit: SiteFit) -> SiteState | None:
         """The site's whole state when the cache holds all of it (no thread, no network), else None."""
-        site = fit.site
-        hit = self.cache.get("reading", _site_key(site))
+        site_key = _site_key(fit.site)
+        hit = self.cache.get("reading", site_key)
         if hit is None:
             return None
         value, age = hit
@@ -158,7 +159,7 @@ class Prober:
             return SiteState(error=f"{value['error']} (cached {age:.0f} s ago)", age=age)
         starts, refused = {}, {}
         for alloc in fit.allocations if self.estimator else []:
-            start_hit = self.cache.get("start", _start_key(site, alloc))
+            start_hit = self.cache.get("start", _start_key(site_key, alloc))
             if start_hit is None:
                 return None
             _record_start(alloc.partition_key, start_hit[0], starts, refused)

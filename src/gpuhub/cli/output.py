@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -14,6 +13,8 @@ __all__ = ["complete_site", "emit_json", "note", "printable", "table"]
 
 
 def emit_json(data: Any) -> None:
+    import json  # only --json needs it: a table starts without the JSON codec
+
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
