@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,12 +52,15 @@ def layers() -> list[Layer]:
     return out
 
 
-def _site_files(directory: Path) -> Iterator[Path]:
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.iterdir()):
-        if path.suffix in SUFFIXES and path.is_file() and not path.name.startswith("."):
-            yield path
+def _site_names_in(directory: Path) -> list[str]:
+    """The names of a directory's site files (the entries' types come with the listing: every
+    command lists every layer, and a stat per file added up over many sites)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [entry.name.rpartition(".")[0] for entry in entries
+                    if entry.name.endswith(SUFFIXES) and not entry.name.startswith(".") and entry.is_file()]
+    except OSError:  # no such directory
+        return []
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -104,7 +107,7 @@ def site_sources(name: str) -> list[SiteSource]:
 def site_names() -> list[str]:
     names: set[str] = set()
     for layer in layers():
-        names.update(p.stem for p in _site_files(layer.path))
+        names.update(_site_names_in(layer.path))
     return sorted(names)
 
 
