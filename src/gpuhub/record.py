@@ -58,16 +58,16 @@ class Record:
             if not cls._field_set.issuperset(values):
                 unknown = ", ".join(repr(name) for name in values if name not in cls._field_set)
                 raise TypeError(f"{cls.__name__}: unknown field(s) {unknown}")
-            if not state.keys().isdisjoint(values):
+            if args and not state.keys().isdisjoint(values):
                 raise TypeError(f"{cls.__name__}: field(s) given twice: {', '.join(state.keys() & values.keys())}")
             state.update(values)
         if len(state) < len(fields):
-            for name in fields:
+            for name, default in cls._defaults.items():
                 if name not in state:
-                    default = cls._defaults.get(name, _MISSING)
-                    if default is _MISSING:
-                        raise TypeError(f"{cls.__name__}: missing field {name!r}")
-                    state[name] = default.make() if isinstance(default, Factory) else default
+                    state[name] = default.make() if type(default) is Factory else default
+            if len(state) < len(fields):
+                missing = next(name for name in fields if name not in state)
+                raise TypeError(f"{cls.__name__}: missing field {missing!r}")
         self.__dict__.update(state)
 
     def __setattr__(self, name: str, value: Any) -> None:
