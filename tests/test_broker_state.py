@@ -200,8 +200,9 @@ def test_load_sites_gives_each_broken_site_its_reason(isolated, tmp_path, monkey
 
 # Start-up costs a plan from the cache does not pay: writing files (tempfile), digests (hashlib
 # loads OpenSSL), building dataclasses (gpuhub.record instead), the JSON codec (only --json
-# prints JSON). Checked among the modules gpuhub loads, not those the interpreter started with.
-NOT_ON_A_CACHED_PLAN = ("tempfile", "hashlib", "dataclasses", "json")
+# prints JSON), platformdirs (gpuhub.paths applies the XDG rules itself on Linux). Checked among
+# the modules gpuhub loads, not those the interpreter started with.
+NOT_ON_A_CACHED_PLAN = ("tempfile", "hashlib", "dataclasses", "json", "platformdirs")
 
 
 def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolated):
@@ -213,7 +214,9 @@ def test_plan_from_cached_state_loads_no_backend_transport_or_accounting(isolate
     (sites / "testbed2.yaml").write_text((DATA / "broker" / "testbed2.yaml").read_text())
     (isolated / "config").mkdir()
     (isolated / "config" / "broker.yaml").write_text("sites: [testbed2]\ncache_ttl: 3600\n")
-    env = {**os.environ, "GPUHUB_SITES": str(sites)}
+    # The admins' directory from the XDG rules, as on a machine where no GPUHUB_* variable is set.
+    env = {**os.environ, "GPUHUB_SITES": str(sites), "XDG_CONFIG_DIRS": str(isolated / "xdg")}
+    env.pop("GPUHUB_SYSTEM_CONFIG_DIR")
     code = ("import sys\nbefore = set(sys.modules)\nfrom gpuhub.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    print('EXIT', exc.code, file=sys.stderr)\n"
             "print('LOADED', sorted(m for m in sys.modules if m.startswith(('gpuhub.backends.', 'gpuhub.transport',"
