@@ -2,7 +2,7 @@
 of 3 real sites, side by side with the start-up every gpuhub command pays.
 
 Needs the testbed with its second cluster (scripts/testbed/up.sh, scripts/testbed/slurm2.sh).
-Run: python benchmarks/broker.py [--runs 20] [--python OTHER_INTERPRETER]
+Run: python benchmarks/broker.py [--runs 20] [--python OTHER_INTERPRETER] [--baseline OTHER_CHECKOUT]
 
 The 50 sites are copies of the two testbed clusters' site files (25 each, so their probes are
 real); the 3 live sites are testbed, testbed2 and a copy of testbed2. Printed per case: median,
@@ -14,6 +14,10 @@ min and max wall time over the runs.
     CLI cases also run (in turns) with that interpreter, e.g. the one of a venv where gpuhub is
     installed as users install it: its `python -c pass` can be far below that of an interpreter
     whose site-packages load .pth files at every start. Both run this checkout's code (PYTHONPATH).
+    With --baseline, the CLI cases of another checkout (an older gpuhub, with its own cache) are
+    timed in turns with this one's, so that both see the same machine load. (A gpuhub that kept
+    one validated-site cache for every interpreter rebuilds it at each turn of two interpreters:
+    time such a baseline without --python, running this script with the interpreter wanted.)
 Targets: 50 sites with cached state < 100 ms; 3 live sites < 1.5 s.
 """
 
@@ -53,13 +57,17 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
-def cli(pythons: list[str], argv: list[str], runs: int, env: dict[str, str] | None) -> list[list[float]]:
-    """Times of ``python [-m gpuhub] argv`` per interpreter, run in turns so that a burst of load
-    on the machine hits every column alike. ``env`` None: a bare ``python argv``."""
-    times: list[list[float]] = [[] for _ in pythons]
+# A column of the CLI cases: the interpreter, and the environment that picks the checkout and its cache.
+Column = tuple[str, dict[str, str]]
+
+
+def cli(columns: list[Column], argv: list[str], runs: int, gpuhub: bool = True) -> list[list[float]]:
+    """Times of ``python -m gpuhub argv`` (``python argv`` if not ``gpuhub``) per column, run in
+    turns so that a burst of load on the machine hits every column alike."""
+    times: list[list[float]] = [[] for _ in columns]
     for _ in range(runs):
-        for column, python in zip(times, pythons, strict=True):
-            column.append(timed([python, *(["-m", "gpuhub"] if env is not None else []), *argv], env))
+        for column, (python, env) in zip(times, columns, strict=True):
+            column.append(timed([python, *(["-m", "gpuhub"] if gpuhub else []), *argv], env))
     return times
 
 
@@ -78,8 +86,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--python", help="another interpreter to run the CLI cases with, beside this one")
+    parser.add_argument("--baseline", type=Path, help="another gpuhub checkout to time in turns with this one")
     args = parser.parse_args()
     pythons = [sys.executable, *([args.python] if args.python else [])]
+    checkouts = [REPO, *([args.baseline.resolve()] if args.baseline else [])]
     if not Path("/var/lib/gpuhub-testbed/slurm2.env").is_file():
         sys.exit("the second testbed cluster is not running: bash scripts/testbed/slurm2.sh")
     tmp = Path(tempfile.mkdtemp(prefix="gpuhub-bench-broker-"))
@@ -98,6 +108,10 @@ def main() -> None:
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed gpuhub has its modules compiled to bytecode
     os.environ.update(env)
     sys.path.insert(0, str(REPO / "src"))
+    # Each checkout its own cache: their formats may differ.
+    envs = [env, *({**env, "PYTHONPATH": str(path / "src"), "GPUHUB_CACHE_DIR": str(tmp / f"cache-{i}")}
+                   for i, path in enumerate(checkouts[1:], 1))]
+    columns = [(python, checkout_env) for checkout_env in envs for python in pythons]
 
     from gpuhub.broker.api import broker_plan
     from gpuhub.cli.job_opts import build_request
@@ -107,10 +121,14 @@ def main() -> None:
     warm = broker_plan(request, refresh=True)
     print(f"filling the cache: live probes of 50 sites in {time.perf_counter() - start:.2f} s; "
           f"{len(warm.rows)} candidate rows, chosen {warm.chosen.site}/{warm.chosen.allocation.partition_key}")
-    for i, python in enumerate(pythons):
-        print(f"column {i + 1}: {python}")
-    columns = "".join(f" {'median':>8} {'min':>8} {'max':>8}" for _ in pythons)
-    print(f"{'case (ms)':<58}{columns}   ({args.runs} runs)")
+    for other in envs[1:]:
+        timed([sys.executable, "-m", "gpuhub", "plan", "--refresh", *JOB], other)  # the baseline's own cache
+    # Each interpreter validates and keeps the site files once (as after an install): not timed.
+    cli(columns, ["plan", *JOB], 1)
+    for i, (python, column_env) in enumerate(columns):
+        print(f"column {i + 1}: {python}, code of {Path(column_env['PYTHONPATH']).parent}")
+    heads = "".join(f" {'median':>8} {'min':>8} {'max':>8}" for _ in columns)
+    print(f"{'case (ms)':<58}{heads}   ({args.runs} runs)")
     times = []
     for _ in range(args.runs):
         start = time.perf_counter()
@@ -118,12 +136,12 @@ def main() -> None:
         times.append(time.perf_counter() - start)
         assert len(result.rows) == len(warm.rows) and result.live
     stats("in-process broker_plan(), 50 sites, cached state (column 1)", times)
-    planned = stats("CLI `gpuhub plan`, 50 sites, cached state", *cli(pythons, ["plan", *JOB], args.runs, env))
+    planned = stats("CLI `gpuhub plan`, 50 sites, cached state", *cli(columns, ["plan", *JOB], args.runs))
     stats("CLI `gpuhub plan --offline`, 50 sites (no state at all)",
-          *cli(pythons, ["plan", "--offline", *JOB], args.runs, env))
-    stats("baseline: CLI `gpuhub --help`", *cli(pythons, ["--help"], args.runs, env))
-    stats("baseline: CLI `gpuhub render` (local site)", *cli(pythons, ["render", "--", "true"], args.runs, env))
-    bare = stats("baseline: python -c pass", *cli(pythons, ["-c", "pass"], args.runs, None))
+          *cli(columns, ["plan", "--offline", *JOB], args.runs))
+    stats("baseline: CLI `gpuhub --help`", *cli(columns, ["--help"], args.runs))
+    stats("baseline: CLI `gpuhub render` (local site)", *cli(columns, ["render", "--", "true"], args.runs))
+    bare = stats("baseline: python -c pass", *cli(columns, ["-c", "pass"], args.runs, gpuhub=False))
     # The 100 ms target was set where `python -c pass` took 23 ms: what gpuhub adds is comparable.
     added = "".join(f" {p - b:8.1f}{'':18}" for p, b in zip(planned, bare, strict=True))
     print(f"{'CLI `gpuhub plan` minus python -c pass (medians)':<58}{added}   (target: under {100 - 23} ms)")
@@ -139,7 +157,7 @@ def main() -> None:
         assert {r.site for r in result.rows} == set(live3), result.excluded
     stats("in-process broker_plan(), 3 real sites, live probes", times)
     stats("CLI `gpuhub plan --refresh`, 3 real sites, live probes",
-          *cli(pythons, ["plan", "--refresh", "--sites", ",".join(live3), *JOB], max(3, args.runs // 4), env))
+          *cli(columns, ["plan", "--refresh", "--sites", ",".join(live3), *JOB], max(3, args.runs // 4)))
 
 
 if __name__ == "__main__":
