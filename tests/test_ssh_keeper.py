@@ -271,3 +271,23 @@ def test_gpus_command_through_keepers_imports_no_paramiko(testbed: dict[str, str
                                  capture_output=True, text=True, timeout=60, check=True)
         assert closing.stdout.strip() == "closed 1 kept connection(s)"
         assert keepers.running() == [] and not any(runtime.glob("*"))
+
+
+def test_two_keepers_started_at_once_leave_one(testbed: dict[str, str], runtime: Path) -> None:
+    conn = connection(testbed)
+    fields, fields_set = persist.connection_fields(conn), sorted(conn.model_fields_set)
+    for _ in range(3):
+        keepers._SPAWNED.clear()
+        keepers.spawn("kept", fields, fields_set, 60)
+    wait_for(lambda: len(keepers.running()) == 1, what="a keeper answers")
+    wait_for(lambda: len(keeper_pids(runtime.parent)) == 1, 20, "the others end")  # they found the lock taken
+    assert kept(testbed).run(["true"]).ok
+
+
+def test_missing_runtime_directory_means_direct_and_no_keeper(testbed: dict[str, str], runtime: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime.parent / "missing"))
+    via = kept(testbed)
+    assert via.run(["echo", "ok"]).stdout == "ok\n" and (via.kept_runs, via.connections_opened) == (0, 1)
+    time.sleep(1)
+    assert not keeper_pids(runtime.parent / "missing") and not (runtime.parent / "missing").exists()

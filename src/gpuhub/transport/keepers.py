@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from contextlib import suppress
@@ -32,11 +31,13 @@ class NoKeeper(Exception):
 
 
 # The keeper this process started for each connection, while it runs (the hosts of a pool may share one).
-_SPAWNED: dict[str, subprocess.Popen[bytes]] = {}
+_SPAWNED: dict[str, Any] = {}  # subprocess.Popen
 
 
 def spawn(site_name: str, fields: dict[str, Any], fields_set: list[str], seconds: int) -> None:
     """Start a keeper for this connection, in the background, and do not wait for it."""
+    import subprocess  # only the process that connects directly starts one
+
     import gpuhub
 
     settings = {"site": site_name, "connection": fields, "fields_set": fields_set, "persist": seconds}

@@ -116,8 +116,8 @@ class KeptTransport(Transport):
         directory = persist.socket_dir()
         try:
             persist.check_dir(directory)
-        except FileNotFoundError:
-            raise keepers.NoKeeper("no socket directory", start=True) from None
+        except FileNotFoundError:  # no keeper yet; one can make it if $XDG_RUNTIME_DIR (or /tmp) is there
+            raise keepers.NoKeeper("no socket directory", start=directory.parent.is_dir()) from None
         except (OSError, persist.Unsafe) as exc:
             raise keepers.NoKeeper(str(exc), start=False) from None
         sock = keepers.open_keeper(persist.socket_path(directory, parameters))
