@@ -12,8 +12,6 @@ patterns, reads an ``@revoked`` marker as a host name, and keeps one key per typ
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import os
 import re
 from dataclasses import dataclass
@@ -50,6 +48,8 @@ def gpuhub_known_hosts() -> Path:
 
 def fingerprint(key_b64: str) -> str:
     """OpenSSH's SHA256 fingerprint of a public key blob given in base64."""
+    import hashlib  # here, not at the top: a command run through a kept connection needs no OpenSSL
+
     digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
@@ -92,6 +92,9 @@ def _glob(pattern: str, name: str) -> bool:
 
 
 def _hashed_match(entry: str, name: str) -> bool:
+    import hashlib
+    import hmac
+
     parts = entry.split("|")  # "", "1", salt, hash
     if len(parts) != 4:
         return False
