@@ -81,6 +81,11 @@ def test_plain_sites_are_frozen_and_copy_like_models() -> None:
     moved = conn.model_copy(update={"host": "b", "user": "me"})
     assert (moved.host, moved.port, moved.user, conn.host) == ("b", 22, "me", "a")
     assert moved.model_fields_set == {"host", "port", "user"}  # as pydantic's model_copy
+    assert moved == sitedata.Connection(host="b", port=22, user="me") and moved.host_key_fingerprints == {}
+    with pytest.raises(AttributeError):
+        moved.host = "c"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unknown field"):
+        conn.model_copy(update={"hots": "b"})
     with pytest.raises(TypeError, match="unknown field"):
         sitedata.LabHost(name="x", hots="typo")
     with pytest.raises(TypeError, match="missing field 'name'"):
