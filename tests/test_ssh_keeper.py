@@ -186,12 +186,18 @@ def test_killed_keeper_means_direct_then_a_new_keeper(testbed: dict[str, str], r
 def test_keeper_killed_during_a_command_is_a_clear_error(testbed: dict[str, str], runtime: Path) -> None:
     keeper = warm(testbed)
     via = kept(testbed)
-    threading.Timer(1.0, os.kill, (keeper["pid"], signal.SIGKILL)).start()
-    start = time.monotonic()
+    marker = f"gpuhub-kept-lost-{secrets.token_hex(4)}"
+
+    def kill_once_running() -> None:  # the keeper dies while the command runs, not before
+        wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0, 30,
+                 "the command runs")
+        os.kill(keeper["pid"], signal.SIGKILL)
+
+    threading.Thread(target=kill_once_running, daemon=True).start()
+    command = ["sh", "-c", f"sleep 30; : {marker}"]
     with pytest.raises(TransportError) as caught:
-        via.run(["sleep", "30"], timeout=60)
-    assert time.monotonic() - start < 10
-    assert "was lost while `sleep 30` ran" in str(caught.value) and "may have run" in str(caught.value)
+        via.run(command, timeout=60)
+    assert "was lost while `sh -c" in str(caught.value) and "may have run" in str(caught.value)
     assert via.connections_opened == 0  # never run again behind the user's back
 
 
@@ -267,6 +273,10 @@ def test_gpus_command_through_keepers_imports_no_paramiko(testbed: dict[str, str
         listing = subprocess.run([sys.executable, "-m", "gpuhub", "connections", "--json"], capture_output=True,
                                  text=True, timeout=60, check=True)
         assert [c["site"] for c in json.loads(listing.stdout)["connections"]] == ["labpool"]
+        table = subprocess.run([sys.executable, "-m", "gpuhub", "connections"], capture_output=True, text=True,
+                               timeout=60, check=True).stdout.splitlines()
+        assert table[0].split()[:3] == ["SITE", "LOGIN", "VIA"] and table[1].split()[:3] == [
+            "labpool", f"{env['TESTBED_SSH_USER']}@127.0.0.1:2222", "-"]
         closing = subprocess.run([sys.executable, "-m", "gpuhub", "connections", "--close", "labpool"],
                                  capture_output=True, text=True, timeout=60, check=True)
         assert closing.stdout.strip() == "closed 1 kept connection(s)"

@@ -134,6 +134,8 @@ class Keeper:
 
     def serve_forever(self) -> None:
         listener = self.listener = self.listen()
+        with self.cond:
+            self.last = time.monotonic()  # idle from now: connecting may have taken a while
         look = time.monotonic() + TICK
         while not self.stopping.is_set():
             if time.monotonic() >= look:  # also when requests keep coming (a listing every 50 ms)
