@@ -104,7 +104,10 @@ def main() -> None:
     (config / "broker.yaml").write_text("sites: [" + ", ".join(names) + "]\ncache_ttl: 3600\n")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "GPUHUB_SITES": str(sites_dir),
            "GPUHUB_CONFIG_DIR": str(config), "GPUHUB_CACHE_DIR": str(tmp / "cache"),
-           "GPUHUB_DATA_DIR": str(tmp / "data")}
+           "GPUHUB_DATA_DIR": str(tmp / "data"),
+           # Every live case pays its SSH connections, as a first command does; and no connection
+           # keepers are left behind for the 50 sites.
+           "GPUHUB_SSH_PERSIST": "0"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed gpuhub has its modules compiled to bytecode
     os.environ.update(env)
     sys.path.insert(0, str(REPO / "src"))
