@@ -133,7 +133,8 @@ def test_ten_concurrent_submissions_from_two_users_get_disjoint_gpus(lab, host):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert lab.read(user, token, "job.out").strip() == str(launch.gpus[0])
-    assert all("8 of 8" not in la.reason and "0 of 8 free" in la.reason for la in refused), [la.reason for la in refused]
+    reasons = [la.reason for la in refused]
+    assert all("8 of 8" not in why and "0 of 8 free" in why for why in reasons), reasons
 
 
 def test_refusal_lists_who_holds_what(lab, host):
