@@ -24,3 +24,13 @@ MAX_SSH_PERSIST = 86_400  # seconds a kept SSH connection waits for the next com
 MAX_NAME = 256  # characters of a job name
 MAX_SITE_NAME = 64  # characters of a site name
 MAX_NORMALIZATION = 1_000.0  # GPU-hour weight of one model
+
+
+def ssh_persist_seconds(raw: str) -> int | None:
+    """``GPUHUB_SSH_PERSIST``'s seconds, or None when it is not a number from 0 to
+    MAX_SSH_PERSIST. Import-free: every command checks the variable at start."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return None
+    return value if 0 <= value <= MAX_SSH_PERSIST else None

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from gpuhub import __version__
-from gpuhub.limits import MAX_SSH_PERSIST
+from gpuhub.limits import ssh_persist_seconds
 
 # name -> (module:attribute, one-line help shown by `gpuhub --help` without importing it)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -93,8 +93,8 @@ def main() -> None:
       gpuhub render --site jean-zay --project abc --gpu-type a100 --gpus 8 --time 10h -- python train.py
     """
     # A wrong value stops every command, not only those that connect; a right one costs no import.
-    raw = os.environ.get("GPUHUB_SSH_PERSIST", "").strip()
-    if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and int(raw) <= MAX_SSH_PERSIST):
+    raw = os.environ.get("GPUHUB_SSH_PERSIST", "")
+    if raw.strip() and ssh_persist_seconds(raw) is None:
         from gpuhub.transport.persist import persist_seconds
 
         persist_seconds(None)  # the error: one line naming the variable and what it takes

@@ -30,6 +30,7 @@ from typing import Any
 from gpuhub import __version__
 from gpuhub.errors import ConfigError, shown
 from gpuhub.limits import MAX_SSH_PERSIST as MAX_PERSIST
+from gpuhub.limits import ssh_persist_seconds
 
 ENV = "GPUHUB_SSH_PERSIST"
 DEFAULT_PERSIST = 600  # ten minutes: a working session, not a forgotten process
@@ -53,11 +54,8 @@ def persist_seconds(connection: Any) -> int:
     raw = os.environ.get(ENV)
     if raw is None or not raw.strip():
         return int(getattr(connection, "persist", DEFAULT_PERSIST))
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_PERSIST:
+    value = ssh_persist_seconds(raw)
+    if value is None:
         raise ConfigError(
             f"{ENV}={shown(raw)} is not a number of seconds from 0 to {MAX_PERSIST} (0: no kept connections)"
         )
